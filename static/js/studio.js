@@ -1,0 +1,42 @@
+// Small helpers shared by every page (no framework; third-party code is vendored under static/vendor).
+"use strict";
+window.Studio = (function () {
+  function cookie(name) {
+    const m = document.cookie.match(new RegExp("(?:^|; )" + name + "=([^;]*)"));
+    return m ? decodeURIComponent(m[1]) : "";
+  }
+  async function api(url, options = {}) {
+    const headers = Object.assign({ "X-CSRFToken": cookie("csrftoken") }, options.headers || {});
+    if (options.json !== undefined) {
+      headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(options.json);
+    }
+    const response = await fetch(url, Object.assign({ credentials: "same-origin" }, options, { headers }));
+    const text = await response.text();
+    let body = null;
+    try { body = text ? JSON.parse(text) : null; } catch (e) { body = { raw: text }; }
+    if (!response.ok) {
+      const message = body && body.error ? body.error.message : response.status + " " + response.statusText;
+      const error = new Error(message);
+      error.status = response.status; error.body = body;
+      throw error;
+    }
+    return body;
+  }
+  function formatBytes(n) {
+    if (n === null || n === undefined) return "–";
+    const units = ["B", "KB", "MB", "GB", "TB"]; let i = 0;
+    while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return n.toFixed(i ? 1 : 0) + " " + units[i];
+  }
+  function formatDuration(s) {
+    if (s === null || s === undefined || !isFinite(s)) return "–";
+    s = Math.round(s);
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+    return h ? `${h}h ${m}m` : m ? `${m}m ${sec}s` : `${sec}s`;
+  }
+  function wsUrl(path) {
+    return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + path;
+  }
+  return { cookie, api, formatBytes, formatDuration, wsUrl };
+})();

@@ -1,0 +1,14 @@
+from django.contrib import admin
+
+from .models import Adapter, Merge
+
+
+@admin.register(Adapter)
+class AdapterAdmin(admin.ModelAdmin):
+    list_display = ("name", "owner", "base_model", "rank", "alpha", "size_bytes", "source", "created_at")
+    list_filter = ("source",)
+
+
+@admin.register(Merge)
+class MergeAdmin(admin.ModelAdmin):
+    list_display = ("adapter", "owner", "state", "dtype", "max_abs_diff", "created_at")

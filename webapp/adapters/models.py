@@ -1,0 +1,85 @@
+"""Adapters (trained here or uploaded) and merges of adapters into their base model."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+from webapp.lib.owned import OwnedQuerySet
+
+
+class Adapter(models.Model):
+    class Source(models.TextChoices):
+        TRAINED = "trained", "Trained here"
+        UPLOADED = "uploaded", "Uploaded"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="adapters")
+    job = models.OneToOneField("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="adapter")
+    name = models.CharField(max_length=200)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.TRAINED)
+    storage_path = models.CharField(max_length=500, help_text="Adapter directory (PEFT layout), relative to DATA_DIR.")
+    base_model = models.ForeignKey("basemodels.BaseModel", on_delete=models.PROTECT, related_name="adapters")
+    base_revision = models.CharField(max_length=100, blank=True)
+    rank = models.IntegerField()
+    alpha = models.FloatField()
+    targets = models.JSONField(default=list)
+    use_rslora = models.BooleanField(default=False)
+    use_dora = models.BooleanField(default=False)
+    trainable_params = models.BigIntegerField(null=True, blank=True)
+    size_bytes = models.BigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, blank=True, help_text="Of adapter_model.safetensors.")
+    final_train_loss = models.FloatField(null=True, blank=True)
+    final_eval_loss = models.FloatField(null=True, blank=True)
+    dataset_sha256 = models.CharField(max_length=64, blank=True)
+    config = models.JSONField(default=dict, blank=True, help_text="The full training configuration (lineage).")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = OwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def path(self):
+        return settings.DATA_DIR / self.storage_path
+
+
+class Merge(models.Model):
+    """An adapter merged into a 16-bit copy of its base; tracked like a job, idempotent per adapter+dtype."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="merges")
+    adapter = models.ForeignKey(Adapter, on_delete=models.CASCADE, related_name="merges")
+    dtype = models.CharField(max_length=10, default="auto")
+    state = models.CharField(max_length=20, choices=State.choices, default=State.QUEUED)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    progress = models.FloatField(default=0.0)
+    error = models.TextField(blank=True)
+    error_message = models.TextField(blank=True)
+    storage_path = models.CharField(max_length=500, blank=True)
+    size_bytes = models.BigIntegerField(default=0)
+    peak_memory_bytes = models.BigIntegerField(null=True, blank=True)
+    max_abs_diff = models.FloatField(null=True, blank=True, help_text="Merged vs base+adapter logits.")
+    attempt = models.IntegerField(default=0)
+    lease_owner = models.CharField(max_length=200, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+
+    objects = OwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["adapter", "dtype"], name="merge_unique_adapter_dtype")]

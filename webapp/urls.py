@@ -1,0 +1,13 @@
+from django.contrib import admin
+from django.urls import include, path
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("accounts/", include("webapp.accounts.urls")),
+    path("datasets/", include("webapp.datasets.urls")),
+    path("models/", include("webapp.basemodels.urls")),
+    path("jobs/", include("webapp.jobs.urls")),
+    path("adapters/", include("webapp.adapters.urls")),
+    path("", include("webapp.api.urls")),
+    path("", include("webapp.dashboard.urls")),
+]

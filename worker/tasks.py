@@ -1,0 +1,1 @@
+"""Thin Celery tasks: each wraps one named action in the web app."""
