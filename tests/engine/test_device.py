@@ -1,0 +1,84 @@
+"""lora_engine.device: device choice, autocast, memory numbers, out-of-memory detection."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from lora_engine.device import (
+    amp_dtype,
+    autocast,
+    empty_cache,
+    is_out_of_memory,
+    memory_snapshot,
+    reset_peak_memory,
+    resolve_device,
+    synchronize,
+)
+from lora_engine.errors import ConfigError
+
+
+def test_auto_picks_cpu_without_cuda():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("name", ["tpu", "not a device", "mps:7"])
+def test_unknown_devices_are_config_errors(name):
+    with pytest.raises(ConfigError, match="device"):
+        resolve_device(name)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_says_what_to_use():
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        resolve_device("cuda:0")
+
+
+def test_amp_dtypes():
+    assert amp_dtype("fp32") is torch.float32
+    assert amp_dtype("bf16") is torch.bfloat16
+    assert amp_dtype("fp16") is torch.float16
+    with pytest.raises(ConfigError):
+        amp_dtype("int4")
+
+
+def test_fp32_autocast_is_a_no_op_and_bf16_runs_matmuls_in_bf16():
+    cpu = torch.device("cpu")
+    assert isinstance(autocast(cpu, "fp32"), contextlib.nullcontext)
+    a, b = torch.randn(4, 4), torch.randn(4, 4)
+    with autocast(cpu, "fp32"):
+        assert (a @ b).dtype == torch.float32
+    with autocast(cpu, "bf16"):
+        assert (a @ b).dtype == torch.bfloat16
+
+
+def test_cpu_memory_snapshot_is_the_process_rss():
+    cpu = torch.device("cpu")
+    reset_peak_memory(cpu)
+    now, peak = memory_snapshot(cpu)
+    assert 10 << 20 < now <= peak  # a Python process with torch loaded holds well over 10 MB
+    block = torch.ones(64 << 20, dtype=torch.uint8)  # touch 64 MB
+    now_after, peak_after = memory_snapshot(cpu)
+    assert peak_after >= peak and now_after >= now + (32 << 20)
+    del block
+    synchronize(cpu)
+    empty_cache(cpu)
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+        (RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB"), True),
+        (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"), True),
+        (MemoryError(), True),
+        (RuntimeError("shape mismatch"), False),
+        (ValueError("out of memory"), False),
+    ],
+)
+def test_out_of_memory_detection(exc, expected):
+    assert is_out_of_memory(exc) is expected
