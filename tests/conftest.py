@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -62,3 +63,11 @@ def api(owner_key) -> Client:
 
 
 pytest_plugins = ["tests.support.browser"]
+
+
+@pytest.fixture(autouse=True)
+def data_dir(settings, tmp_path) -> Path:
+    """Every test gets its own DATA_DIR, so files one test leaves never confuse another."""
+    settings.DATA_DIR = tmp_path / "data"
+    settings.DATA_DIR.mkdir()
+    return settings.DATA_DIR
