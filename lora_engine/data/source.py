@@ -15,6 +15,7 @@ DETECT_RECORDS = 50
 
 def _records_for_detection(items: Iterator[Item]) -> Iterator[tuple[int | None, dict]]:
     seen = 0
+    unreadable: list[DataProblem] = []
     for item in items:
         if item.fatal:
             raise DataError([item.problem], "cannot read the data file")  # type: ignore[list-item]
@@ -23,6 +24,11 @@ def _records_for_detection(items: Iterator[Item]) -> Iterator[tuple[int | None, 
             seen += 1
             if seen >= DETECT_RECORDS:
                 return
+        elif item.problem is not None and len(unreadable) < DETECT_RECORDS:
+            unreadable.append(item.problem)
+    if seen == 0 and unreadable:
+        # Not one record could be read: the reason is the lines' own problems, not "no records".
+        raise DataError(unreadable, "no record of the file can be read")
 
 
 def detect_format(path: str | Path) -> str:

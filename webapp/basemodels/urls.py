@@ -1,4 +1,10 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from . import views
 
 app_name = "basemodels"
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.model_list, name="list"),
+    path("<uuid:model_id>/", views.model_detail, name="detail"),
+    path("<uuid:model_id>/delete", views.model_delete, name="delete"),
+]
