@@ -23,3 +23,16 @@ __all__ = [
     "LoraConfig", "LoraEngineError", "ModelLoadError", "QuantConfig", "RunConfig", "TargetModulesError",
     "TrainConfig", "TrainingOutOfMemory", "UnsupportedDataError",
 ]
+
+# The training API needs torch; it is imported on first use so that ``import lora_engine`` (and the web
+# app's config validation) stays light.
+_LAZY = {"train": "trainer", "TrainResult": "trainer", "estimate_memory": "memory", "MemoryEstimate": "memory"}
+__all__ += ["MemoryEstimate", "TrainResult", "estimate_memory", "train"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -76,3 +76,7 @@ class TrainingDiverged(LoraEngineError):
 
 class CheckpointError(LoraEngineError):
     """A checkpoint is incomplete or does not match the run configuration."""
+
+
+class MergeError(LoraEngineError):
+    """An adapter cannot be merged into the base model (or the output directory is in the way)."""
