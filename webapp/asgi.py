@@ -8,14 +8,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings.local")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from webapp.accounts.ws_auth import ApiKeyOrSessionAuthMiddleware  # noqa: E402
+from webapp.accounts.ws_auth import WebsocketGuard  # noqa: E402
 from webapp.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(ApiKeyOrSessionAuthMiddleware(URLRouter(websocket_urlpatterns))),
+        "websocket": WebsocketGuard(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -1,5 +1,10 @@
 """Websocket routes. Each app adds its own patterns here."""
 
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-websocket_urlpatterns: list = []
+from webapp.jobs.consumers import JobConsumer, JobListConsumer
+
+websocket_urlpatterns: list = [
+    path("ws/jobs/", JobListConsumer.as_asgi()),
+    path("ws/jobs/<uuid:job_id>/", JobConsumer.as_asgi()),
+]

@@ -122,7 +122,8 @@ def test_it_validates_ownership(owner_client, stranger_client, base_model, tmp_p
     assert Client().get(f"/api/adapters/{adapter.id}").status_code == 401
 
 
-def test_delete_removes_the_row_and_the_files(owner_client, base_model, tmp_path, settings, django_capture_on_commit_callbacks):
+def test_delete_removes_the_row_and_the_files(owner_client, base_model, tmp_path,
+                                              django_capture_on_commit_callbacks):
     upload(owner_client, base_model, peft_adapter_files(tmp_path))
     adapter = Adapter.objects.get()
     with django_capture_on_commit_callbacks(execute=True):

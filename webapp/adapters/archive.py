@@ -36,11 +36,11 @@ def model_card(adapter: Adapter) -> bytes:
     base = adapter.base_model
     config = adapter.config or {}
     train = config.get("train", {})
+    revision = f" (revision {adapter.base_revision})" if adapter.base_revision else ""
     lines = [
         f"# {adapter.name}",
         "",
-        f"A LoRA adapter for `{base.hub_id or base.name}`{f' (revision {adapter.base_revision})' if adapter.base_revision else ''},"
-        " made with LoRA Studio.",
+        f"A LoRA adapter for `{base.hub_id or base.name}`{revision}, made with LoRA Studio.",
         "",
         "| setting | value |",
         "| --- | --- |",

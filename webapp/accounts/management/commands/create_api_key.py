@@ -15,7 +15,7 @@ class Command(BaseCommand):
         try:
             user = get_user_model().objects.get(username=username)
         except get_user_model().DoesNotExist:
-            raise CommandError(f"No user named {username!r}. Create one with `manage.py createsuperuser`.")
+            raise CommandError(f"No user named {username!r}. Create one with `manage.py createsuperuser`.") from None
         _, raw_key = create_api_key(user, name=name)
         self.stderr.write(f"API key for {username} (shown once, store it now):")
         self.stdout.write(raw_key)

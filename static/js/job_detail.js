@@ -1,0 +1,327 @@
+// Job page: live training curves (uPlot), progress, log tail.
+//
+// History comes from /api/jobs/<id>/metrics (downsampled for long runs); live points come from the
+// websocket. Every point has a per-job sequence number (seq). `lastSeq` is the highest seq up to which
+// the page has everything; points that arrive out of order wait in `pending` until the gap is filled,
+// and a gap that does not fill within GAP_WAIT_MS triggers a refetch from the API. After a (re)connect
+// the page sends {"type":"resume","after_seq":lastSeq}. Seq and step checks mean no point is drawn twice.
+"use strict";
+(function () {
+  const root = document.getElementById("job-page");
+  if (!root) return;
+  const jobId = root.dataset.jobId;
+  const metricsUrl = root.dataset.metricsUrl;
+  const logUrl = root.dataset.logUrl;
+  const estimateBytes = Number(root.dataset.estimateBytes) || null;
+  const TERMINAL = ["succeeded", "failed", "cancelled"];
+  const MAX_DRAW = 4000;       // history points asked for (the API keeps bucket minima and maxima)
+  const GAP_WAIT_MS = 1000;    // how long a hole in seq may stay open before refetching
+  const $ = (sel) => root.querySelector(sel);
+
+  // Columnar series: uPlot draws straight from these arrays, appending never copies them.
+  const train = { step: [], tokens: [], loss: [], lr: [], grad: [], tps: [], alloc: [], peak: [], evalLoss: [] };
+  const unplacedEvals = [];    // eval points whose step has no train point yet
+  let lastTrainStep = -Infinity, lastEvalStep = -Infinity;
+  let lastSeq = 0;
+  const pending = new Map();
+  let gapTimer = null, refetching = false, historyLoaded = false;
+  let xMode = "step";
+  let state = root.dataset.state;
+  let ws = null, retries = 0, stopped = false;
+  let lastEventId = Number(root.dataset.lastEventId) || 0;
+
+  const num = (v) => (typeof v === "number" && isFinite(v) ? v : null);
+
+  // ---------------------------------------------------------------------------------------- points
+
+  function lowerBound(arr, x) {
+    let lo = 0, hi = arr.length;
+    while (lo < hi) { const mid = (lo + hi) >> 1; if (arr[mid] < x) lo = mid + 1; else hi = mid; }
+    return lo;
+  }
+
+  function placeEval(step, value) {
+    const i = lowerBound(train.step, step);
+    if (i >= train.step.length) return false;
+    train.evalLoss[i] = value;
+    return true;
+  }
+
+  function addPoint(p) {
+    const v = p.values || {};
+    if (p.split === "eval") {
+      if (p.step <= lastEvalStep) return;
+      lastEvalStep = p.step;
+      const value = num(v.eval_loss !== undefined ? v.eval_loss : v.loss);
+      if (!placeEval(p.step, value)) unplacedEvals.push([p.step, value]);
+      return;
+    }
+    if (p.step <= lastTrainStep) return;
+    lastTrainStep = p.step;
+    train.step.push(p.step);
+    train.tokens.push(num(v.tokens_seen));
+    train.loss.push(num(v.loss));
+    train.lr.push(num(v.learning_rate));
+    train.grad.push(num(v.grad_norm));
+    train.tps.push(num(v.tokens_per_second));
+    train.alloc.push(num(v.memory_allocated_bytes));
+    train.peak.push(num(v.memory_peak_bytes));
+    train.evalLoss.push(null);
+    while (unplacedEvals.length && unplacedEvals[0][0] <= p.step) {
+      const [step, value] = unplacedEvals.shift();
+      placeEval(step, value);
+    }
+  }
+
+  // `coveredUpTo`: the sender guarantees every stored point with seq <= it is in `points` (or was
+  // thinned out on purpose), so lastSeq may jump to it.
+  function receive(points, coveredUpTo) {
+    for (const p of points) {
+      if (p.seq > lastSeq && !pending.has(p.seq)) pending.set(p.seq, p);
+    }
+    if (typeof coveredUpTo === "number" && coveredUpTo > lastSeq) {
+      const ready = [...pending.keys()].filter((s) => s <= coveredUpTo).sort((a, b) => a - b);
+      for (const s of ready) { addPoint(pending.get(s)); pending.delete(s); }
+      lastSeq = coveredUpTo;
+    }
+    while (pending.has(lastSeq + 1)) {
+      const p = pending.get(lastSeq + 1);
+      pending.delete(lastSeq + 1);
+      addPoint(p);
+      lastSeq += 1;
+    }
+    for (const s of [...pending.keys()]) if (s <= lastSeq) pending.delete(s);
+    checkGap(null);
+    scheduleDraw();
+  }
+
+  // A hole: points after it are pending, or the server's state says it has newer points than we do.
+  function checkGap(serverLastSeq) {
+    const behind = pending.size > 0 || (typeof serverLastSeq === "number" && serverLastSeq > lastSeq);
+    if (!behind) { clearTimeout(gapTimer); gapTimer = null; return; }
+    if (gapTimer || !historyLoaded) return;
+    gapTimer = setTimeout(() => { gapTimer = null; refetch(); }, GAP_WAIT_MS);
+  }
+
+  async function refetch() {
+    if (refetching) return;
+    refetching = true;
+    try {
+      const body = await Studio.api(`${metricsUrl}?after_seq=${lastSeq}&max_points=${MAX_DRAW}`);
+      receive(body.points, body.last_seq);
+    } catch (e) {
+      console.warn("refetching metrics failed", e);
+      setTimeout(() => checkGap(null), GAP_WAIT_MS);
+    } finally {
+      refetching = false;
+    }
+  }
+
+  async function loadHistory() {
+    try {
+      const body = await Studio.api(`${metricsUrl}?max_points=${MAX_DRAW}`);
+      historyLoaded = true;
+      receive(body.points, body.last_seq);
+      updateState(body.state);
+      $('[data-field="chart-note"]').textContent = body.downsampled
+        ? `Showing ${body.points.length} of ${body.total_points} points (minima and maxima kept); live points are added as they come. Download CSV/JSONL for every point.`
+        : "";
+      $('[data-field="chart-note"]').hidden = !body.downsampled;
+    } catch (e) {
+      $('[data-field="chart-note"]').textContent = "Could not load the history: " + e.message;
+      setTimeout(loadHistory, 3000);
+      return;
+    }
+    connect();
+  }
+
+  // ---------------------------------------------------------------------------------------- websocket
+
+  function connect() {
+    if (stopped) return;
+    ws = new WebSocket(Studio.wsUrl(root.dataset.wsPath));
+    ws.onopen = () => {
+      retries = 0;
+      setLive(true);
+      ws.send(JSON.stringify({ type: "resume", after_seq: lastSeq }));
+      fetchLog();
+    };
+    ws.onmessage = (event) => {
+      let msg;
+      try { msg = JSON.parse(event.data); } catch (e) { return; }
+      if (msg.type === "points") receive(msg.points, msg.last_seq);
+      else if (msg.type === "state") updateState(msg.job);
+      else if (msg.type === "event") appendLog([msg.event]);
+      else if (msg.type === "resync") refetch();
+    };
+    ws.onclose = (event) => {
+      setLive(false);
+      if (event.code === 4401 || event.code === 4403) {
+        stopped = true;
+        $('[data-testid="live"]').textContent = "signed out";
+        return;
+      }
+      retries += 1;
+      setTimeout(connect, Math.min(30000, 500 * 2 ** Math.min(retries, 6)));
+    };
+  }
+
+  function setLive(on) {
+    const dot = $('[data-testid="live"]');
+    dot.textContent = on ? "live" : "offline";
+    dot.classList.toggle("on", on);
+  }
+
+  // ---------------------------------------------------------------------------------------- state & log
+
+  function updateState(job) {
+    if (!job) return;
+    const badge = $('[data-testid="job-state"]');
+    badge.textContent = job.state.charAt(0).toUpperCase() + job.state.slice(1);
+    badge.className = "state state-" + job.state;
+    $('[data-testid="job-progress"] > span').style.width = (100 * (job.progress || 0)).toFixed(1) + "%";
+    $('[data-field="steps"]').textContent = `step ${job.current_step} / ${job.total_steps || "?"}`;
+    $('[data-field="eta"]').textContent = TERMINAL.includes(job.state) ? "–" : Studio.formatDuration(job.eta_seconds);
+    if (job.peak_memory_bytes) $('[data-field="peak"]').textContent = Studio.formatBytes(job.peak_memory_bytes);
+    const cancel = document.getElementById("cancel-form");
+    if (cancel && (TERMINAL.includes(job.state) || job.cancel_requested)) {
+      const button = cancel.querySelector("button");
+      button.disabled = true;
+      if (!TERMINAL.includes(job.state)) button.textContent = "Cancelling…";
+      else cancel.hidden = true;
+    }
+    if (TERMINAL.includes(job.state) && !TERMINAL.includes(state)) {
+      $('[data-field="finished"]').hidden = false;
+      fetchLog();
+    }
+    state = job.state;
+    checkGap(job.last_seq);
+  }
+
+  function appendLog(items) {
+    const log = document.getElementById("job-log");
+    const stick = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    for (const e of items) {
+      if (!e || e.id <= lastEventId) continue;
+      lastEventId = e.id;
+      const line = document.createElement("span");
+      line.className = "log-" + e.level;
+      line.dataset.eventId = e.id;
+      const time = e.created_at ? new Date(e.created_at).toTimeString().slice(0, 8) : "";
+      line.textContent = `${time} ${e.message}\n`;
+      log.appendChild(line);
+    }
+    while (log.childNodes.length > 500) log.removeChild(log.firstChild);
+    if (stick) log.scrollTop = log.scrollHeight;
+  }
+
+  async function fetchLog() {
+    try {
+      const body = await Studio.api(`${logUrl}?after_id=${lastEventId}&limit=200`);
+      appendLog(body.data);
+    } catch (e) { /* the next reconnect or state change tries again */ }
+  }
+
+  // ---------------------------------------------------------------------------------------- charts
+
+  const charts = [];
+  const fmtBytes = (u, v) => (v === null ? "–" : Studio.formatBytes(v));
+
+  function xs() { return xMode === "step" ? train.step : train.tokens; }
+
+  function estimateLine(u) {
+    if (!estimateBytes) return;
+    const y = Math.round(u.valToPos(estimateBytes, "y", true));
+    const ctx = u.ctx;
+    ctx.save();
+    ctx.strokeStyle = "#b7791f";
+    ctx.setLineDash([6, 4]);
+    ctx.lineWidth = 1.5 * devicePixelRatio;
+    ctx.beginPath();
+    ctx.moveTo(u.bbox.left, y);
+    ctx.lineTo(u.bbox.left + u.bbox.width, y);
+    ctx.stroke();
+    ctx.restore();
+  }
+
+  const CHARTS = [
+    { id: "chart-loss", title: "Loss", series: [
+      { label: "train loss", stroke: "#4f46e5", data: () => train.loss },
+      { label: "eval loss", stroke: "#c2362d", data: () => train.evalLoss, spanGaps: true, points: { show: true, size: 6 } },
+    ] },
+    { id: "chart-lr", title: "Learning rate", series: [{ label: "learning rate", stroke: "#12805c", data: () => train.lr }] },
+    { id: "chart-grad", title: "Grad norm (before clipping)", series: [{ label: "grad norm", stroke: "#b7791f", data: () => train.grad }] },
+    { id: "chart-tps", title: "Tokens / s", series: [{ label: "tokens/s", stroke: "#2563eb", data: () => train.tps }] },
+    { id: "chart-mem", title: "Memory" + (estimateBytes ? " (dashed: estimate " + Studio.formatBytes(estimateBytes) + ")" : ""),
+      bytes: true, series: [
+        { label: "allocated", stroke: "#0891b2", data: () => train.alloc },
+        { label: "peak", stroke: "#7c3aed", data: () => train.peak },
+      ] },
+  ];
+
+  function chartSize(el) { return { width: Math.max(280, el.clientWidth - 24), height: 220 }; }
+
+  function buildCharts() {
+    for (const spec of CHARTS) {
+      const el = document.getElementById(spec.id);
+      const axisY = spec.bytes ? { values: (u, vals) => vals.map((v) => Studio.formatBytes(v)), size: 70 } : { size: 60 };
+      const yScale = spec.bytes && estimateBytes
+        ? { range: (u, min, max) => [0, Math.max(max || 0, estimateBytes) * 1.08] } : {};
+      const opts = Object.assign(chartSize(el), {
+        title: spec.title,
+        scales: { x: { time: false }, y: yScale },
+        axes: [{ label: xMode === "step" ? "step" : "tokens" }, axisY],
+        series: [{ label: xMode }].concat(spec.series.map((s) => ({
+          label: s.label, stroke: s.stroke, width: 1.5, spanGaps: !!s.spanGaps,
+          points: s.points || { show: false }, value: spec.bytes ? fmtBytes : undefined,
+        }))),
+        hooks: spec.bytes ? { draw: [estimateLine] } : {},
+        cursor: { drag: { x: true, y: false } },
+      });
+      const data = [xs()].concat(spec.series.map((s) => s.data()));
+      const chart = new uPlot(opts, data, el);
+      charts.push({ chart, spec });
+    }
+  }
+
+  let drawScheduled = false;
+  function scheduleDraw() {
+    if (drawScheduled) return;
+    drawScheduled = true;
+    // Redraw at most ~5 times a second (every 0.5 s for very long runs): each redraw is O(points).
+    setTimeout(() => { drawScheduled = false; draw(); }, train.step.length > 20000 ? 500 : 200);
+  }
+
+  function draw() {
+    for (const { chart, spec } of charts) {
+      chart.setData([xs()].concat(spec.series.map((s) => s.data())));
+    }
+    $('[data-testid="train-points"]').textContent = String(train.step.length);
+    const lastLoss = train.loss.length ? train.loss[train.loss.length - 1] : null;
+    $('[data-testid="last-loss"]').textContent = lastLoss === null ? "–" : lastLoss.toFixed(4);
+  }
+
+  function setXMode(mode) {
+    xMode = mode;
+    for (const b of root.querySelectorAll(".toggle button")) b.setAttribute("aria-pressed", String(b.dataset.x === mode));
+    for (const { chart } of charts) chart.destroy();
+    charts.length = 0;
+    buildCharts();
+    draw();
+  }
+
+  root.querySelectorAll(".toggle button").forEach((b) => b.addEventListener("click", () => setXMode(b.dataset.x)));
+  let resizeTimer = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => {
+      for (const { chart } of charts) chart.setSize(chartSize(chart.root.parentElement));
+    }, 150);
+  });
+
+  const eta = $('[data-field="eta"]');
+  if (eta.textContent !== "–" && eta.textContent !== "") eta.textContent = Studio.formatDuration(Number(eta.textContent));
+  window.LoraStudioJob = { get lastSeq() { return lastSeq; }, get trainPoints() { return train.step.length; }, jobId };
+  buildCharts();
+  loadHistory();
+})();

@@ -1,0 +1,83 @@
+"""A real browser (Debian's Chromium) on a live daphne server watches a running job's loss curve grow."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import PASSWORD
+from tests.support.browser import log_in
+from tests.support.processes import start_asgi_server, wait_until
+from webapp.jobs import events
+
+from .jobs_factories import add_points, make_job
+
+
+def train_points(page) -> int:
+    return int(page.get_by_test_id("train-points").inner_text())
+
+
+@pytest.mark.browser
+@pytest.mark.stack
+def test_a_running_job_page_draws_history_then_live_points(transactional_db, owner, page, tmp_path):
+    job = make_job(owner, suffix="watched")
+    add_points(job, range(1, 21))  # history, loaded from the metrics API
+    server, base_url = start_asgi_server(tmp_path)
+    try:
+        log_in(page, base_url, owner.username, PASSWORD)
+        page.goto(f"{base_url}/jobs/{job.id}/")
+        assert page.get_by_test_id("job-state").inner_text() == "Running"
+        page.wait_for_function("document.querySelector('[data-testid=train-points]').textContent === '20'")
+        page.wait_for_function("document.querySelector('[data-testid=live]').textContent === 'live'")
+        assert page.locator("#chart-loss canvas").count() == 1
+
+        # Live points as the worker's recorder sends them: stored first, then emitted.
+        for start in (21, 31):
+            points = add_points(job, range(start, start + 10))
+            events.emit_metrics(job.id, points)
+            wait_until(lambda n=start + 9: train_points(page) == n, timeout=15, message=f"{start + 9} points drawn")
+        assert page.get_by_test_id("last-loss").inner_text() == f"{3.0 - 40e-3:.4f}"
+
+        # A point the websocket never delivered (a dropped group send): the next one reveals the gap in seq,
+        # and the page refetches the missing one from the API instead of drawing a hole; nothing twice.
+        add_points(job, [41])
+        events.emit_metrics(job.id, add_points(job, [42]))
+        wait_until(lambda: train_points(page) == 42, timeout=15, message="the gap refetched")
+        assert page.evaluate("window.LoraStudioJob.lastSeq") == 42
+
+        # Progress and state arrive live too.
+        job.state, job.current_step, job.progress = "succeeded", 42, 1.0
+        job.save()
+        events.emit_state(job)
+        page.wait_for_function("document.querySelector('[data-testid=job-state]').textContent === 'Succeeded'")
+        assert page.locator("[data-testid=job-progress] > span").get_attribute("style").startswith("width: 100")
+    finally:
+        server.stop()
+
+
+@pytest.mark.browser
+@pytest.mark.stack
+def test_the_jobs_list_updates_progress_and_links_to_compare(transactional_db, owner, page, tmp_path):
+    first, second = make_job(owner, suffix="rank-8"), make_job(owner, suffix="rank-16", rank=16, alpha=32.0)
+    server, base_url = start_asgi_server(tmp_path)
+    try:
+        log_in(page, base_url, owner.username, PASSWORD)
+        page.goto(f"{base_url}/jobs/")
+        row = page.locator(f"tr[data-job-id='{first.id}']")
+        assert row.locator("[data-field=progress]").get_attribute("style").startswith("width: 0")
+        page.wait_for_timeout(500)  # the list socket connects
+        first.current_step, first.progress, first.eta_seconds = 500, 0.5, 90
+        events.emit_state(first)
+        wait_until(lambda: row.locator("[data-field=steps]").inner_text() == "500 / 1000", timeout=15,
+                   message="live progress")
+        assert row.locator("[data-field=progress]").get_attribute("style").startswith("width: 50")
+        assert row.locator("[data-field=eta]").inner_text() == "1m 30s"
+        page.check(f"input[value='{first.id}']")
+        page.check(f"input[value='{second.id}']")
+        page.get_by_test_id("compare-selected").click()
+        page.wait_for_url(lambda url: "/compare/" in url)
+        from urllib.parse import parse_qs, urlparse
+
+        chosen = parse_qs(urlparse(page.url).query)["jobs"][0].split(",")
+        assert sorted(chosen) == sorted([str(first.id), str(second.id)])
+    finally:
+        server.stop()

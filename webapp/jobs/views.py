@@ -1,0 +1,133 @@
+"""Job pages: list, new (and "launch again with changes"), detail with live charts, cancel, OOM retry.
+
+Thin: the form parses, ``webapp.jobs.actions`` (create_job, cancel_job) change state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+
+from webapp.lib.owned import get_owned_or_404
+
+from .actions import JobRejected, cancel_job, create_job
+from .forms import JobForm, initial_from_job, settings_from_job
+from .models import Job
+
+LOG_TAIL = 50
+STATE_FILTERS = [("", "All")] + [(value, label) for value, label in Job.State.choices]
+
+
+def _jobs(request: HttpRequest):
+    return Job.objects.visible_to(request.user).select_related("dataset", "base_model", "owner")
+
+
+def failed_out_of_memory(job: Job) -> bool:
+    """A failed job whose error was running out of (GPU or host) memory."""
+    text = f"{job.error} {job.error_message}".lower()
+    return job.state == Job.State.FAILED and ("out of memory" in text or "outofmemory" in text)
+
+
+def oom_retry_settings(job: Job) -> dict[str, Any] | None:
+    """The job's settings with half the micro-batch and twice the accumulation (same effective batch), or
+    None when the micro-batch is already 1."""
+    settings = settings_from_job(job)
+    batch_size = int(settings.get("batch_size") or 1)
+    if batch_size <= 1:
+        return None
+    settings["batch_size"] = batch_size // 2
+    settings["grad_accum"] = int(settings.get("grad_accum") or 1) * 2
+    return settings
+
+
+def job_list(request: HttpRequest) -> HttpResponse:
+    state = request.GET.get("state", "")
+    jobs = _jobs(request)
+    if state in Job.State.values:
+        jobs = jobs.filter(state=state)
+    else:
+        state = ""
+    return render(request, "jobs/list.html", {"jobs": jobs[:500], "state": state, "state_filters": STATE_FILTERS})
+
+
+@require_http_methods(["GET", "POST"])
+def job_new(request: HttpRequest) -> HttpResponse:
+    source = None
+    if request.method == "POST":
+        form = JobForm(request.user, request.POST)
+        if form.is_valid():
+            try:
+                job = create_job(request.user, form.cleaned_data["dataset"], form.cleaned_data["base_model"],
+                                 form.settings(), suffix=form.cleaned_data["suffix"],
+                                 validation_dataset=form.cleaned_data["validation_dataset"])
+            except JobRejected as exc:
+                form.show_problems(getattr(exc, "param", None), getattr(exc, "problems", []), str(exc))
+            else:
+                messages.success(request, "Job queued.")
+                return redirect("jobs:detail", job_id=job.id)
+        status = 400
+    else:
+        initial = {k: v for k, v in request.GET.items() if k in ("dataset", "base_model")}
+        if request.GET.get("from"):
+            source = get_owned_or_404(Job.objects, request.user, pk=request.GET["from"])
+            initial = initial_from_job(source)
+        form = JobForm(request.user, initial=initial)
+        status = 200
+    return render(request, "jobs/new.html", {"form": form, "source": source}, status=status)
+
+
+def job_detail(request: HttpRequest, job_id) -> HttpResponse:
+    job = get_owned_or_404(_jobs(request), request.user, pk=job_id)
+    log_tail = list(job.events.order_by("-id")[:LOG_TAIL])[::-1]
+    context = {
+        "job": job,
+        "config": job.config or {},
+        "log_tail": log_tail,
+        "estimate_bytes": (job.memory_estimate or {}).get("selected_total"),
+        "oom": failed_out_of_memory(job),
+        "oom_retry": oom_retry_settings(job) if failed_out_of_memory(job) else None,
+    }
+    return render(request, "jobs/detail.html", context)
+
+
+@require_POST
+def job_cancel(request: HttpRequest, job_id) -> HttpResponse:
+    job = get_owned_or_404(Job.objects, request.user, pk=job_id)
+    if job.is_terminal:
+        messages.error(request, f"This job has already {job.state}; there is nothing to cancel.")
+    else:
+        try:
+            job = cancel_job(job)
+        except JobRejected as exc:
+            messages.error(request, str(exc))
+            return redirect("jobs:detail", job_id=job.id)
+        if job.state == Job.State.CANCELLED:
+            messages.success(request, "Job cancelled.")
+        else:
+            messages.success(request, "Cancelling: the job stops after its current step and keeps its last "
+                                      "checkpoint.")
+    return redirect("jobs:detail", job_id=job.id)
+
+
+@require_POST
+def job_retry_oom(request: HttpRequest, job_id) -> HttpResponse:
+    """Launch a copy of an out-of-memory job with half the micro-batch and twice the accumulation."""
+    job = get_owned_or_404(_jobs(request), request.user, pk=job_id)
+    settings = oom_retry_settings(job) if failed_out_of_memory(job) else None
+    if settings is None:
+        messages.error(request, "Only a job that ran out of memory with a micro-batch above 1 can be retried this "
+                                "way. Lower the sequence length or use 4-bit (nf4) quantization instead.")
+        return redirect("jobs:detail", job_id=job.id)
+    try:
+        retry = create_job(request.user, job.dataset, job.base_model, settings, suffix=job.suffix,
+                           validation_dataset=job.validation_dataset)
+    except JobRejected as exc:
+        messages.error(request, f"Could not retry: {exc}")
+        return redirect("jobs:detail", job_id=job.id)
+    messages.success(request, f"Retrying with micro-batch {settings['batch_size']} × accumulation "
+                              f"{settings['grad_accum']} (the same effective batch).")
+    return redirect("jobs:detail", job_id=retry.id)
