@@ -66,8 +66,7 @@ pytest_plugins = ["tests.support.browser"]
 
 
 @pytest.fixture(autouse=True)
-def data_dir(settings, tmp_path) -> Path:
+def data_dir(settings, tmp_path_factory) -> Path:
     """Every test gets its own DATA_DIR, so files one test leaves never confuse another."""
-    settings.DATA_DIR = tmp_path / "data"
-    settings.DATA_DIR.mkdir()
+    settings.DATA_DIR = tmp_path_factory.mktemp("data")
     return settings.DATA_DIR

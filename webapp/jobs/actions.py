@@ -1,0 +1,254 @@
+"""Every change to a job's state: create, cancel, finish, fail (and, in leases.py / reaper.py, run and requeue).
+
+Each action writes in one transaction and sends its events after the commit, through webapp.jobs.events.
+The Celery message that starts training is sent after the commit too: a worker never sees a job that is
+not stored yet, and a rolled-back job is never trained.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.db import transaction
+from django.utils import timezone
+
+from webapp.basemodels.models import BaseModel
+from webapp.datasets.models import Dataset
+
+from . import events
+from .configs import architecture_problems, build_run_config, clean_settings, param_for_problem
+from .models import Job, JobEvent, Sweep
+
+logger = logging.getLogger(__name__)
+
+TRAIN_TASK = "worker.tasks.train"
+SUFFIX_PATTERN = re.compile(r"^[\w.\-]{0,64}$")
+
+
+class JobRejected(ValueError):  # noqa: N818 - the name in the team interface
+    """The job cannot be created (or changed). ``problems`` lists every problem; ``param`` names the first."""
+
+    def __init__(self, message: str, problems: list[str] | None = None, param: str | None = None):
+        super().__init__(message)
+        self.problems = list(problems or [message])
+        self.param = param
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Events and the broker (both after commit, both best-effort: the database is the truth)
+
+
+def add_event(job: Job, message: str, level: str = "info", **data: Any) -> JobEvent:
+    """Append a line to the job's log (OpenAI's job events); pushed to watchers after commit."""
+    event = JobEvent.objects.create(job=job, level=level, message=message, data=data)
+    events.on_commit(events.emit_job_event, event)
+    return event
+
+
+def emit_state_on_commit(job: Job) -> None:
+    events.on_commit(events.emit_state, job)
+
+
+def enqueue_training(job_id: uuid.UUID | str) -> bool:
+    """Send the Celery message that wakes a worker for ``job_id``. Never raises: if the broker is down,
+    the workers' reconciler sends it later (the job stays queued in the database)."""
+    try:
+        from worker.celery import app  # the broker client (configured from settings); tasks go by name
+
+        app.send_task(TRAIN_TASK, args=[str(job_id)], task_id=str(job_id))
+        return True
+    except Exception:  # noqa: BLE001 - Redis down: the reconciler re-sends queued jobs
+        logger.exception("could not enqueue job %s; a worker's reconciler will send it", job_id)
+        return False
+
+
+def enqueue_on_commit(job_id: uuid.UUID | str) -> None:
+    transaction.on_commit(lambda: enqueue_training(job_id))
+
+
+def _revoke(job_id: uuid.UUID | str) -> None:
+    try:
+        from worker.celery import app
+
+        app.control.revoke(str(job_id))
+    except Exception:  # noqa: BLE001 - a fallback only: the worker drops a cancelled job anyway
+        logger.warning("could not revoke the message of job %s (the worker will drop it)", job_id)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Creating
+
+
+def _check_visible(owner, dataset: Dataset, base_model: BaseModel, validation_dataset: Dataset | None,
+                   sweep: Sweep | None) -> None:
+    if not Dataset.objects.visible_to(owner).filter(pk=dataset.pk).exists():
+        raise JobRejected(f"Data set {dataset.pk} was not found.", param="dataset")
+    if validation_dataset is not None and not Dataset.objects.visible_to(owner).filter(
+            pk=validation_dataset.pk).exists():
+        raise JobRejected(f"Data set {validation_dataset.pk} was not found.", param="validation_dataset")
+    if not BaseModel.objects.visible_to(owner).filter(pk=base_model.pk).exists():
+        raise JobRejected(f"Base model {base_model.pk} was not found.", param="base_model")
+    if sweep is not None and not Sweep.objects.visible_to(owner).filter(pk=sweep.pk).exists():
+        raise JobRejected(f"Sweep {sweep.pk} was not found.", param="sweep")
+
+
+def _reject(problems: list[tuple[str | None, str]]) -> JobRejected:
+    param, first = problems[0]
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    return JobRejected(f"Invalid job settings: {first}{more}.", [m for _, m in problems], param=param)
+
+
+def _memory_estimate(base_model: BaseModel, config) -> dict[str, Any]:
+    if not base_model.config:
+        return {}
+    try:
+        from lora_engine.memory import estimate_memory
+
+        t = config.train
+        return estimate_memory(base_model.config, config.lora, config.quant, t.batch_size, config.data.max_seq_len,
+                               t.precision, t.gradient_checkpointing).to_dict()
+    except Exception:  # noqa: BLE001 - an estimate is advice: a model it cannot read still trains
+        logger.warning("no memory estimate for base model %s", base_model.pk, exc_info=True)
+        return {}
+
+
+def create_job(owner, dataset: Dataset, base_model: BaseModel, settings: dict[str, Any] | None = None,
+               suffix: str = "", validation_dataset: Dataset | None = None, sweep: Sweep | None = None) -> Job:
+    """Validate the settings against the engine and the base model, store a queued job, and enqueue it.
+
+    Args:
+        owner: the user launching it; the data sets, base model and sweep must be visible to them.
+        settings: flat settings (``webapp.jobs.configs.JOB_SETTINGS`` names); missing ones take defaults.
+
+    Raises:
+        JobRejected: every problem (unknown setting, bad value, unknown target module, rank larger than a
+            layer, an invisible data set or model), with ``param`` naming the first.
+    """
+    _check_visible(owner, dataset, base_model, validation_dataset, sweep)
+    suffix = (suffix or "").strip()
+    if not SUFFIX_PATTERN.match(suffix):
+        raise JobRejected("The suffix may have up to 64 letters, digits, '.', '-' and '_'.", param="suffix")
+    cleaned, problems = clean_settings(settings or {})
+    if problems:
+        raise _reject(problems)
+    job_id = uuid.uuid4()
+    config = build_run_config(
+        cleaned, model=base_model.location, data_path=str(dataset.path),
+        eval_path=str(validation_dataset.path) if validation_dataset else None,
+        output_dir=str(django_settings.DATA_DIR / "jobs" / str(job_id)), revision=base_model.revision or None,
+        trust_remote_code=base_model.trust_remote_code, data_format=dataset.format or "auto",
+    )
+    engine_problems = [(param_for_problem(p), p) for p in config.problems()]
+    engine_problems += architecture_problems(base_model.config, config.lora, base_model.name)
+    if engine_problems:
+        raise _reject(engine_problems)
+    with transaction.atomic():
+        job = Job.objects.create(
+            id=job_id, owner=owner, suffix=suffix, dataset=dataset, validation_dataset=validation_dataset,
+            base_model=base_model, sweep=sweep, config=config.to_dict(), rank=config.lora.rank,
+            alpha=config.lora.alpha, quantization=config.quant.mode,
+            memory_estimate=_memory_estimate(base_model, config),
+        )
+        add_event(job, f"Job created: rank {job.rank}, alpha {job.alpha:g}, {base_model.name} on {dataset.name}.")
+        emit_state_on_commit(job)
+        enqueue_on_commit(job.id)
+    return job
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cancelling
+
+
+def cancel_job(job: Job) -> Job:
+    """Cancel a job: a queued one at once; a running one asks its worker to stop after the current step
+    (it ends ``cancelled`` with its last checkpoint kept).
+
+    Raises:
+        JobRejected: the job already succeeded or failed.
+    """
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job.pk)
+        if job.state == Job.State.CANCELLED or (job.state == Job.State.RUNNING and job.cancel_requested):
+            return job
+        if job.state in (Job.State.SUCCEEDED, Job.State.FAILED):
+            raise JobRejected(f"The job has already {job.state}; there is nothing to cancel.", param="job")
+        job.cancel_requested = True
+        if job.state == Job.State.QUEUED:
+            job.state, job.finished_at = Job.State.CANCELLED, timezone.now()
+            job.lease_owner, job.lease_expires_at = "", None
+            add_event(job, "Job cancelled before it started.")
+            transaction.on_commit(lambda: _revoke(job.id))
+        else:
+            add_event(job, "Cancellation requested: training stops after the current step.")
+        job.save(update_fields=["cancel_requested", "state", "finished_at", "lease_owner", "lease_expires_at"])
+        emit_state_on_commit(job)
+    return job
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ending (called by the lease holder: a worker that lost its lease changes nothing)
+
+
+def _held(lease) -> Job | None:
+    return lease.rows().select_for_update(of=("self",)).select_related("owner", "base_model", "dataset").first()
+
+
+def _end(job: Job, state: str, **fields: Any) -> None:
+    for name, value in fields.items():
+        setattr(job, name, value)
+    job.state, job.finished_at = state, timezone.now()
+    job.lease_owner, job.lease_expires_at = "", None
+    job.save()
+    emit_state_on_commit(job)
+
+
+def _result_fields(result: Any) -> dict[str, Any]:
+    fields = {"tokens_seen": result.tokens_seen, "trainable_params": result.trainable_params,
+              "total_params": result.total_params, "current_step": result.steps, "eta_seconds": 0.0}
+    if result.peak_memory_bytes:
+        fields["peak_memory_bytes"] = result.peak_memory_bytes
+    return fields
+
+
+def finish_job(lease, result: Any) -> Job | None:
+    """Record a completed run: register its adapter and mark the job succeeded. None if the lease is lost."""
+    from webapp.adapters.actions import register_trained_adapter
+
+    with transaction.atomic():
+        job = _held(lease)
+        if job is None:
+            return None
+        adapter = register_trained_adapter(job, result)
+        _end(job, Job.State.SUCCEEDED, progress=1.0, **_result_fields(result))
+        loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
+        add_event(job, f"Training finished after {result.steps} steps (final loss {loss}); adapter "
+                       f"{adapter.name} is ready.", adapter_id=str(adapter.pk))
+    return job
+
+
+def finish_cancelled(lease, result: Any | None = None) -> Job | None:
+    """Record a run that stopped because it was cancelled. None if the lease is lost."""
+    with transaction.atomic():
+        job = _held(lease)
+        if job is None:
+            return None
+        fields = _result_fields(result) if result is not None else {}
+        _end(job, Job.State.CANCELLED, **fields)
+        step = f" at step {result.steps}" if result is not None else ""
+        add_event(job, f"Training cancelled{step}; its last checkpoint is kept.")
+    return job
+
+
+def fail_job(lease, technical: str, human: str) -> Job | None:
+    """Record a failed run: the technical error for admins, a message for people. None if the lease is lost."""
+    with transaction.atomic():
+        job = _held(lease)
+        if job is None:
+            return None
+        _end(job, Job.State.FAILED, error=technical[-20000:], error_message=human)
+        add_event(job, f"Training failed: {human}", level="error")
+    return job
