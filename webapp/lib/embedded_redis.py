@@ -31,9 +31,9 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A redis-server child process on a free local port, persisting to ``data_dir`` (AOF)."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, port: int | None = None):
         self.data_dir = Path(data_dir)
-        self.port = free_port()
+        self.port = port or free_port()
         self.process: subprocess.Popen | None = None
 
     @property
