@@ -9,7 +9,7 @@ from django.shortcuts import redirect
 from .keys import bearer_token, user_for_key
 
 API_PREFIXES = ("/v1/", "/api/")
-PUBLIC_PATHS = ("/accounts/login/", "/healthz", "/static/", "/favicon.ico")
+PUBLIC_PATHS = ("/accounts/login/", "/healthz", "/static/", "/favicon.ico", "/api/docs", "/api/openapi.json")
 
 
 def is_api_path(path: str) -> bool:
@@ -55,7 +55,7 @@ class LoginRequiredMiddleware:
         path = request.path
         if request.user.is_authenticated or path.startswith(PUBLIC_PATHS) or path.startswith("/admin/"):
             return self.get_response(request)
-        if is_api_path(path) and path not in ("/api/docs", "/api/openapi.json"):
+        if is_api_path(path):
             return api_error("Authentication required: send 'Authorization: Bearer <API key>'.", 401,
                              code="invalid_api_key")
         return redirect(f"{settings.LOGIN_URL}?next={request.get_full_path()}")

@@ -1,0 +1,1 @@
+"""JSON shapes of the API objects, one module per concept."""

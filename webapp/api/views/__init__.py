@@ -1,0 +1,1 @@
+"""API views, one module per concept. Thin: parse, authorize, call an action, serialize."""
