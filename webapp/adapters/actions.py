@@ -99,10 +99,15 @@ def upload_adapter(owner, base_model, name: str, files: dict) -> Adapter:
 @transaction.atomic
 def delete_adapter(adapter: Adapter) -> None:
     """Delete the record, its files and its cached archive (after the transaction commits)."""
-    paths = [adapter.path, archive_path_for(adapter)]
+    paths = [adapter.path, archive_path_for(adapter), derived_path_for(adapter)]
     adapter.delete()
     transaction.on_commit(lambda: [remove_path(p) for p in paths])
 
 
 def archive_path_for(adapter: Adapter) -> Path:
     return Path(settings.DATA_DIR) / "downloads" / f"adapter-{adapter.id.hex}.zip"
+
+
+def derived_path_for(adapter: Adapter) -> Path:
+    """Files computed from the adapter (analysis cache, GGUF exports): see webapp.adapters.analysis/exports."""
+    return Path(settings.DATA_DIR) / "derived" / f"adapter-{adapter.id.hex}"

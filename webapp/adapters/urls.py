@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import analysis_views, export_views, views
 
 app_name = "adapters"
 urlpatterns = [
@@ -9,4 +9,8 @@ urlpatterns = [
     path("<uuid:adapter_id>/", views.adapter_detail, name="detail"),
     path("<uuid:adapter_id>/download", views.adapter_download, name="download"),
     path("<uuid:adapter_id>/delete", views.adapter_delete, name="delete"),
+    path("<uuid:adapter_id>/analysis", analysis_views.adapter_analysis_page, name="analysis"),
+    path("<uuid:adapter_id>/reduce", analysis_views.adapter_reduce, name="reduce"),
+    path("<uuid:adapter_id>/gguf", export_views.adapter_gguf_download, name="gguf"),
+    path("<uuid:adapter_id>/merges/<uuid:merge_id>/gguf", export_views.merge_gguf_download, name="merge-gguf"),
 ]

@@ -1,0 +1,68 @@
+"""GGUF downloads for llama.cpp (page links and API): the adapter as a LoRA GGUF, a merged model as a GGUF."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.views.decorators.http import require_GET
+
+from webapp.api.errors import ApiError, api_endpoint
+from webapp.lib.downloads import ranged_file_response
+from webapp.lib.owned import get_owned_or_404
+
+from .exports import (
+    ExportRejected,
+    adapter_gguf_filename,
+    build_adapter_gguf,
+    build_merge_gguf,
+    merge_gguf_filename,
+)
+from .models import Adapter, Merge
+
+
+def _adapter_gguf(request: HttpRequest, adapter_id) -> HttpResponse:
+    adapter = get_owned_or_404(Adapter.objects.select_related("base_model"), request.user, pk=adapter_id)
+    path = build_adapter_gguf(adapter)
+    return ranged_file_response(request, path, adapter_gguf_filename(adapter), etag=f"{adapter.sha256}-gguf")
+
+
+def _merge_gguf(request: HttpRequest, adapter_id, merge_id) -> HttpResponse:
+    merge = get_owned_or_404(Merge.objects.select_related("adapter"), request.user, pk=merge_id,
+                             adapter_id=adapter_id)
+    path = build_merge_gguf(merge)
+    return ranged_file_response(request, path, merge_gguf_filename(merge), etag=f"{merge.id.hex}-gguf")
+
+
+@require_GET
+def adapter_gguf_download(request: HttpRequest, adapter_id) -> HttpResponse:
+    try:
+        return _adapter_gguf(request, adapter_id)
+    except ExportRejected as exc:
+        messages.error(request, str(exc))
+        return redirect("adapters:detail", adapter_id=adapter_id)
+
+
+@require_GET
+def merge_gguf_download(request: HttpRequest, adapter_id, merge_id) -> HttpResponse:
+    try:
+        return _merge_gguf(request, adapter_id, merge_id)
+    except ExportRejected as exc:
+        messages.error(request, str(exc))
+        return redirect("adapters:detail", adapter_id=adapter_id)
+
+
+@api_endpoint("GET")
+def api_adapter_gguf(request: HttpRequest, adapter_id) -> HttpResponse:
+    try:
+        return _adapter_gguf(request, adapter_id)
+    except ExportRejected as exc:
+        raise ApiError(str(exc), status=422, code="export_unsupported") from exc
+
+
+@api_endpoint("GET")
+def api_merge_gguf(request: HttpRequest, adapter_id, merge_id) -> HttpResponse:
+    try:
+        return _merge_gguf(request, adapter_id, merge_id)
+    except ExportRejected as exc:
+        raise ApiError(str(exc), status=422, code="export_unsupported") from exc
