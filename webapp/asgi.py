@@ -7,6 +7,12 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings.local")
 django_asgi_app = get_asgi_application()
 
+from django.urls import get_resolver  # noqa: E402
+
+# Import every view (and with them torch) now, at start-up, not inside the first request, where it would
+# hold Channels' shared sync thread for seconds and stall every open websocket.
+get_resolver().url_patterns  # noqa: B018
+
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from webapp.accounts.ws_auth import WebsocketGuard  # noqa: E402

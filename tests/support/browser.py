@@ -13,8 +13,10 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """One Chromium per test module. Not per session: Playwright's sync API keeps an asyncio loop in the
+    main thread while it runs, and async_to_sync (Channels' test communicators) refuses to run beside it."""
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright

@@ -101,7 +101,7 @@ def start_worker(tmp_path: Path, name: str = "w1", queues: str = "gpu,default", 
     return Process(args, process_env(**env), tmp_path / f"worker-{name}.log")
 
 
-def wait_for_http(url: str, proc: Process | None = None, timeout: float = 30.0) -> None:
+def wait_for_http(url: str, proc: Process | None = None, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and not proc.alive():

@@ -1,0 +1,148 @@
+"""The playground page, its API (/api/playground/) and its websocket: who may ask what, and what is stored."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from tests.support.playground import make_adapter_dir, save_base, upload
+from webapp.asgi import application
+from webapp.basemodels.actions import register_local_model
+from webapp.playground import actions, events
+from webapp.playground.models import PlaygroundSession
+
+URL = "/api/playground/"
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("playground")
+    base = save_base(root / "base")
+    return {"base": base, "qv": make_adapter_dir(base, root / "qv", 4, ("q_proj", "v_proj"), seed=1),
+            "o": make_adapter_dir(base, root / "o", 2, ("o_proj",), seed=2)}
+
+
+@pytest.fixture
+def base_model(owner, tiny_dirs):
+    return register_local_model(owner, "tiny-playground", str(tiny_dirs["base"]))
+
+
+@pytest.fixture
+def adapters(owner, base_model, tiny_dirs):
+    return [upload(owner, base_model, tiny_dirs["qv"], "qv-r4"), upload(owner, base_model, tiny_dirs["o"], "o-r2")]
+
+
+@pytest.fixture
+def enqueued(monkeypatch) -> list[str]:
+    sent: list[str] = []
+    monkeypatch.setattr(actions, "enqueue_session", lambda session_id: sent.append(str(session_id)) or True)
+    return sent
+
+
+def ask(client: Client, base_model, adapters, prompt: str = "Hello?", **extra):
+    body = {"base_model": str(base_model.id), "adapters": [str(a.id) for a in adapters], "prompt": prompt, **extra}
+    return client.post(URL, json.dumps(body), content_type="application/json")
+
+
+def test_it_works(api, base_model, adapters, enqueued, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = ask(api, base_model, adapters, settings={"max_new_tokens": 16, "temperature": 0, "seed": 5})
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert enqueued == [body["id"]]
+    assert body["state"] == "queued"
+    assert [o["label"] for o in body["outputs"]] == ["tiny-playground (base)", "qv-r4", "o-r2"]
+    assert [o["key"] for o in body["outputs"]] == ["base", str(adapters[0].id), str(adapters[1].id)]
+    assert body["settings"] == {"max_new_tokens": 16, "temperature": 0.0, "top_p": 0.9, "seed": 5}
+    fetched = api.get(f"{URL}{body['id']}")
+    assert fetched.status_code == 200 and fetched.json() == body
+    assert [s["id"] for s in api.get(URL).json()["data"]] == [body["id"]]
+
+
+def test_the_page_offers_the_users_models_and_adapters(owner_client, stranger_client, base_model, adapters, enqueued):
+    page = owner_client.get("/playground/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'href="/playground/"' in html and "tiny-playground" in html
+    options = page.context["options"]
+    assert {a["name"] for a in options["adapters"]} == {"qv-r4", "o-r2"}
+    session = actions.create_session(base_model.owner, base_model, adapters, "Hi")
+    shown = owner_client.get(f"/playground/{session.id}/")
+    assert shown.status_code == 200 and shown.context["session"]["id"] == str(session.id)
+    assert stranger_client.get(f"/playground/{session.id}/").status_code == 404
+    assert stranger_client.get("/playground/").context["options"]["adapters"] == []
+
+
+def test_it_validates_ownership(api, owner, stranger, stranger_client, base_model, adapters, tiny_dirs, enqueued):
+    their_model = register_local_model(stranger, "their-tiny", str(tiny_dirs["base"]))
+    their_adapter = upload(stranger, their_model, tiny_dirs["qv"], "theirs")
+    assert ask(api, their_model, []).status_code == 404
+    response = ask(api, base_model, [adapters[0], their_adapter])
+    assert response.status_code == 404 and response.json()["error"]["param"] == "adapters"
+    session = actions.create_session(owner, base_model, adapters, "Hi")
+    assert stranger_client.get(f"{URL}{session.id}").status_code == 404
+    assert stranger_client.get(f"{URL}not-an-id").status_code == 404
+    assert [s["id"] for s in stranger_client.get(URL).json()["data"]] == []
+    assert PlaygroundSession.objects.count() == 1
+
+
+def test_it_rejects_bad_requests_and_stores_nothing(api, owner, base_model, adapters, tiny_dirs, enqueued):
+    other_base = register_local_model(owner, "other-tiny", str(tiny_dirs["base"]))
+    foreign = upload(owner, other_base, tiny_dirs["o"], "of-the-other-base")
+    cases = [
+        (ask(api, base_model, [adapters[0], foreign]), "adapters", "another base model"),
+        (ask(api, base_model, [adapters[0]] * 5), "adapters", "at most 4"),
+        (ask(api, base_model, [adapters[0]] * 2), "adapters", "once"),
+        (ask(api, base_model, adapters, prompt="  "), "prompt", "prompt"),
+        (ask(api, base_model, adapters, settings={"top_p": 0}), "settings", "top_p"),
+        (ask(api, base_model, adapters, settings={"max_tokens": 9}), "settings", "max_tokens"),
+    ]
+    for response, param, words in cases:
+        assert response.status_code == 400, response.content
+        error = response.json()["error"]
+        assert error["param"] == param and words in error["message"], error
+    assert PlaygroundSession.objects.count() == 0 and enqueued == []
+    assert Client().get(URL).status_code == 401
+
+
+def session_cookie(user) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+def socket(path: str, user) -> WebsocketCommunicator:
+    headers = [(b"host", b"localhost"), (b"origin", b"http://localhost"),
+               (b"cookie", f"sessionid={session_cookie(user)}".encode())]
+    return WebsocketCommunicator(application, path, headers=headers)
+
+
+def test_the_socket_streams_to_the_owner_only(transactional_db, owner, stranger, tiny_dirs, enqueued):
+    base_model = register_local_model(owner, "tiny-socket", str(tiny_dirs["base"]))
+    session = actions.create_session(owner, base_model, [], "Hi")
+    path = f"/ws/playground/{session.id}/"
+
+    async def scenario():
+        refused = socket(path, stranger)
+        connected, code = await refused.connect(timeout=5)
+        assert not connected and code == 4403
+        comm = socket(path, owner)
+        connected, _ = await comm.connect(timeout=5)
+        assert connected
+        first = json.loads(await comm.receive_from(timeout=5))
+        assert first["type"] == "session" and first["session"]["state"] == "queued"
+        await database_sync_to_async(events.emit_tokens)(session.id, "base", 0, "Hel", 2)
+        assert json.loads(await comm.receive_from(timeout=5)) == {
+            "type": "tokens", "key": "base", "offset": 0, "text": "Hel", "tokens": 2}
+        await database_sync_to_async(actions.start_session)(session.id)
+        pushed = json.loads(await comm.receive_from(timeout=5))
+        assert pushed["type"] == "session" and pushed["session"]["state"] == "running"
+        await comm.disconnect()
+
+    async_to_sync(scenario)()

@@ -1,0 +1,60 @@
+"""``/api/playground/``: start a session (POST), list them (GET); ``/api/playground/<id>``: one session."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import Http404, HttpRequest, JsonResponse
+
+from webapp.adapters.models import Adapter
+from webapp.api.errors import ApiError, api_endpoint, not_found, parse_json_body
+from webapp.basemodels.models import BaseModel
+from webapp.lib.owned import get_owned_or_404
+
+from .actions import PlaygroundRejected, check_adapter_count, create_session
+from .models import PlaygroundSession
+from .serializers import session_json
+
+LIST_LIMIT = 100
+
+
+def _visible_or_404(queryset, user, kind: str, identifier: Any, param: str):
+    try:
+        return get_owned_or_404(queryset, user, pk=identifier)
+    except Http404 as exc:  # another user's object answers exactly like a missing one
+        raise not_found(kind, str(identifier), param=param) from exc
+
+
+def resolve_choices(user, body: dict[str, Any]) -> tuple[BaseModel, list[Adapter]]:
+    """The base model and adapters a request names, each visible to ``user`` (404 otherwise)."""
+    adapter_ids = body.get("adapters", [])
+    if not isinstance(adapter_ids, list) or not all(isinstance(a, str) for a in adapter_ids):
+        raise ApiError("adapters must be a list of adapter ids (strings).", param="adapters")
+    check_adapter_count(len(adapter_ids))
+    base_id = body.get("base_model")
+    if not isinstance(base_id, str) or not base_id:
+        raise ApiError("base_model is required: the id of the base model that answers.", param="base_model")
+    base_model = _visible_or_404(BaseModel.objects, user, "base model", base_id, "base_model")
+    adapters = [_visible_or_404(Adapter.objects, user, "adapter", a, "adapters") for a in adapter_ids]
+    return base_model, adapters
+
+
+@api_endpoint("GET", "POST")
+def playground_sessions(request: HttpRequest) -> JsonResponse:
+    if request.method == "GET":
+        sessions = PlaygroundSession.objects.visible_to(request.user).select_related("base_model")[:LIST_LIMIT]
+        return JsonResponse({"object": "list", "data": [session_json(s) for s in sessions]})
+    body = parse_json_body(request)
+    try:
+        base_model, adapters = resolve_choices(request.user, body)
+        session = create_session(request.user, base_model, adapters, body.get("prompt"), body.get("settings"))
+    except PlaygroundRejected as exc:
+        raise ApiError(str(exc), param=exc.param, code="invalid_playground") from None
+    return JsonResponse(session_json(session), status=201)
+
+
+@api_endpoint("GET")
+def playground_session_detail(request: HttpRequest, session_id: str) -> JsonResponse:
+    session = _visible_or_404(PlaygroundSession.objects.select_related("base_model"), request.user,
+                              "playground session", session_id, None)
+    return JsonResponse(session_json(session))

@@ -1,0 +1,53 @@
+"""Playground sessions: one prompt answered by a base model and up to four of its adapters, side by side."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+from webapp.lib.owned import OwnedQuerySet
+
+MAX_ADAPTERS = 4
+
+
+class PlaygroundSession(models.Model):
+    """One prompt and its answers.
+
+    ``outputs`` holds one entry per answer in display order, the base model's first::
+
+        {"key": "base" | <adapter id>, "label": str, "state": "pending" | "running" | "done" | "failed",
+         "text": str, "tokens": int, "finish_reason": "stop" | "length" | None, "seconds": float | None}
+    """
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    TERMINAL = (State.SUCCEEDED, State.FAILED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="playground_sessions")
+    base_model = models.ForeignKey("basemodels.BaseModel", on_delete=models.CASCADE, related_name="playground_sessions")
+    adapter_ids = models.JSONField(default=list, help_text="Adapter ids (strings) in display order, at most four.")
+    prompt = models.TextField()
+    settings = models.JSONField(default=dict, help_text="max_new_tokens, temperature, top_p, seed.")
+    state = models.CharField(max_length=20, choices=State.choices, default=State.QUEUED)
+    outputs = models.JSONField(default=list)
+    prompt_tokens = models.IntegerField(null=True, blank=True)
+    error = models.TextField(blank=True, help_text="Technical details, for admins.")
+    error_message = models.TextField(blank=True, help_text="What went wrong, for people.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = OwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"playground {self.id}"
