@@ -77,7 +77,20 @@ def parse_json_body(request: HttpRequest) -> dict[str, Any]:
                        "with Content-Type: application/json.") from None
     if not isinstance(body, dict):
         raise ApiError(f"The JSON body must be an object, not {type(body).__name__}.")
+    if _holds_nul(body):
+        raise ApiError("The JSON body contains a NUL character (\\u0000), which no field accepts: remove it.")
     return body
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a NUL hides in any string or key of a parsed JSON value (PostgreSQL text cannot store one)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 def is_finite_number(value: Any) -> bool:

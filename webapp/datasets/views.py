@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from django.contrib import messages
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -67,6 +68,10 @@ def upload_start(request: HttpRequest) -> JsonResponse:
         body = json.loads(request.body or b"{}")
         if not isinstance(body, dict):
             raise ValueError("not an object")
+    except RequestDataTooBig:
+        return JsonResponse({"error": {"message": "The request body is too large: send only {name, size, format} "
+                                       "here and the file's bytes as chunks.", "param": None, "problems": []}},
+                            status=413)
     except ValueError:
         return JsonResponse({"error": {"message": "Send a JSON object: {name, size, format}.", "param": None,
                                        "problems": []}}, status=400)
