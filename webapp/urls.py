@@ -8,6 +8,9 @@ urlpatterns = [
     path("models/", include("webapp.basemodels.urls")),
     path("jobs/", include("webapp.jobs.urls")),
     path("adapters/", include("webapp.adapters.urls")),
+    path("compare/", include("webapp.compare.urls")),
+    path("sweeps/", include("webapp.compare.sweep_urls")),
+    path("playground/", include("webapp.playground.urls")),
     path("", include("webapp.api.urls")),
     path("", include("webapp.dashboard.urls")),
 ]

@@ -25,4 +25,7 @@ urlpatterns = [
     path("api/docs", docs.docs_page, name="docs"),
     path("api/jobs/", include("webapp.jobs.api_urls")),
     path("api/adapters/", include("webapp.adapters.api_urls")),
+    path("api/playground/", include("webapp.playground.api_urls")),
+    path("api/merges/", include("webapp.adapters.merge_api_urls")),
+    path("api/", include("webapp.compare.api_urls")),  # /api/compare, /api/compare.csv, /api/sweeps[/<id>]
 ]

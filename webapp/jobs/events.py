@@ -159,6 +159,17 @@ def close_user_sockets(user_id: Any, session_key: str | None = None, reason: str
                                                  "reason": reason})])
 
 
+def emit_to_group(group: str, payload: dict[str, Any]) -> bool:
+    """Push one JSON message to every socket of ``group`` (any consumer forwarding ``job.push`` messages, such
+    as the playground's). For areas without an emitter of their own; never raises."""
+    try:
+        text = _dumps_lenient(payload)
+    except (TypeError, ValueError):
+        logger.exception("emit_to_group: payload for %s is not JSON", group)
+        return False
+    return _send([(group, {"type": "job.push", "text": text})])
+
+
 def on_commit(emit: Callable[..., Any], *args: Any) -> None:
     """Run ``emit(*args)`` once the current transaction commits (at once outside a transaction)."""
     transaction.on_commit(lambda: emit(*args))

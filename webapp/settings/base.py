@@ -45,10 +45,13 @@ INSTALLED_APPS = [
     "webapp.adapters",
     "webapp.api",
     "webapp.dashboard",
+    "webapp.compare",
+    "webapp.playground",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "webapp.lib.request_guard.RejectNulMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -149,7 +152,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
-CELERY_TASK_ROUTES = {"worker.tasks.train": {"queue": "gpu"}, "worker.tasks.merge": {"queue": "gpu"}}
+CELERY_TASK_ROUTES = {"worker.tasks.train": {"queue": "gpu"}, "worker.tasks.merge": {"queue": "gpu"},
+                      "worker.tasks.playground": {"queue": "gpu"}}
 CELERY_TASK_DEFAULT_QUEUE = "default"
 
 # Job leases: a worker holds a job while it renews its lease; an expired lease means the worker died.
