@@ -15,8 +15,6 @@ import time
 from celery import Celery
 from django.conf import settings
 
-from webapp.lib.env import env_int
-
 from .db import CONNECTION_ERRORS, drop_connection
 
 logger = logging.getLogger(__name__)
@@ -29,7 +27,7 @@ def reap_interval() -> float:
 
 
 def reconcile_interval() -> float:
-    return float(getattr(settings, "JOB_RECONCILE_SECONDS", env_int("JOB_RECONCILE_SECONDS", 60)))
+    return float(settings.JOB_RECONCILE_SECONDS)
 
 
 class Maintenance:

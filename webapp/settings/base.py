@@ -160,6 +160,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 45)
 JOB_HEARTBEAT_SECONDS = env_int("JOB_HEARTBEAT_SECONDS", 10)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)
+JOB_RECONCILE_SECONDS = env_int("JOB_RECONCILE_SECONDS", 60)  # how often workers re-send jobs the broker lost
 
 LOGGING = {
     "version": 1,
