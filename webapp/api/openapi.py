@@ -118,6 +118,15 @@ OPERATIONS: tuple[Operation, ...] = (
               (ADAPTER_ID,)),
     Operation("get", "/api/adapters/{adapter_id}/merges/{merge_id}/gguf", "A merged model as a GGUF", NATIVE, None,
               (ADAPTER_ID, Param("merge_id", "path", {"type": "string", "format": "uuid"}))),
+    Operation("post", "/api/adapters/{adapter_id}/merge", "Merge an adapter into its base model (idempotent)", NATIVE,
+              "Merge", (ADAPTER_ID,), body="MergeRequest",
+              description="202 when queued (or a failed merge queued again); 200 with the existing merge otherwise."),
+    Operation("get", "/api/adapters/{adapter_id}/merges", "List an adapter's merges", NATIVE, "MergeList",
+              (ADAPTER_ID,)),
+    Operation("get", "/api/merges/{merge_id}", "Retrieve a merge (state, progress, verification)", NATIVE, "Merge",
+              (Param("merge_id", "path", {"type": "string", "format": "uuid"}),)),
+    Operation("get", "/api/merges/{merge_id}/download", "Download a merged model as a .tar (Range; 409 until it "
+              "succeeded)", NATIVE, None, (Param("merge_id", "path", {"type": "string", "format": "uuid"}),)),
     Operation("get", "/api/openapi.json", "This document", NATIVE, None, public=True),
     Operation("get", "/api/docs", "This document as a page", NATIVE, None, public=True),
 )

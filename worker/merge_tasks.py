@@ -1,0 +1,193 @@
+"""The merge task: claim a queued merge, merge the adapter into its base, verify it, archive it, record it.
+
+The Celery message only wakes the worker; the merge row decides (see webapp.adapters.merges). A delivery of
+a merge that is not queued (another worker holds it, it ended, it was deleted) is dropped. A heartbeat
+renews the lease while the merge runs; a worker that dies leaves an expiring lease, which the merge reaper
+every worker runs (worker.merge_maintenance, started here on ``worker_ready``) turns back into a queued
+merge. Each attempt starts by deleting what an interrupted one left half-written; the engine reuses a merged
+model an earlier attempt completed. The merge is marked succeeded only after its archive is complete, so a
+download is never partial.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import traceback
+import uuid
+
+from celery.signals import worker_ready, worker_shutdown
+from django.conf import settings
+
+from webapp.adapters import merges
+from webapp.adapters.merge_archive import build_merge_archive, remove_partial_files
+from webapp.adapters.models import Merge
+from webapp.lib.storage import remove_path
+
+from .celery import app
+from .db import CONNECTION_ERRORS, drop_connection, retry_db
+
+logger = logging.getLogger(__name__)
+
+# Fault injection for the stack tests only: "<stage>:<seconds>" holds the merge before that stage (e.g.
+# "archiving:60"), so a test can kill the worker while it is mid-merge.
+PAUSE_VARIABLE = "LORA_STUDIO_TEST_MERGE_PAUSE"
+
+
+@app.task(name="worker.tasks.merge", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def merge(merge_id: str) -> str:
+    """Merge a queued merge's adapter into its base model (a delivery of a merge that is not queued is dropped)."""
+    return run_merge(merge_id)
+
+
+class MergeHeartbeat:
+    """Renews the lease every JOB_HEARTBEAT_SECONDS from a thread; ``lost`` is set once the lease is gone."""
+
+    def __init__(self, lease: merges.MergeLease):
+        self.lease = lease
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"merge-heartbeat-{lease.merge_id}", daemon=True)
+
+    def __enter__(self) -> MergeHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(float(settings.JOB_HEARTBEAT_SECONDS)):
+                try:
+                    if not merges.renew_merge_lease(self.lease):
+                        logger.error("merge %s: lease lost (reaped, ended or deleted)", self.lease.merge_id)
+                        self.lost.set()
+                        return
+                except CONNECTION_ERRORS as exc:  # PostgreSQL restarting: renew once it is back
+                    logger.warning("merge %s: cannot renew the lease yet: %s", self.lease.merge_id, exc)
+                    drop_connection()
+        finally:
+            drop_connection()
+
+
+class LeaseLost(Exception):  # noqa: N818 - a signal, not an error
+    """Another worker took the merge over (or it was deleted): stop and record nothing."""
+
+
+def run_merge(merge_id: str) -> str:
+    """Run ``merge_id`` if it is queued. Returns what happened: dropped, succeeded, failed or lost."""
+    try:
+        uuid.UUID(str(merge_id))
+    except ValueError:
+        logger.error("merge: %r is not a merge id; dropped", merge_id)
+        return "dropped"
+    lease = retry_db(lambda: merges.claim_merge(merge_id, merges.new_lease_owner()), "claim merge")
+    if lease is None:
+        row = Merge.objects.filter(pk=merge_id).values_list("state", "lease_owner").first()
+        logger.info("merge %s: not claimable (%s); this delivery is dropped", merge_id, row or "no such merge")
+        return "dropped"
+    logger.info("merge %s: claimed as %s (attempt %d)", merge_id, lease.owner, lease.attempt)
+    with MergeHeartbeat(lease) as heartbeat:
+        try:
+            outcome = _merge_and_record(lease, heartbeat)
+        except LeaseLost:
+            outcome = "lost"
+        except (KeyboardInterrupt, SystemExit):
+            raise  # warm shutdown: the lease expires and the reaper queues the merge again
+        except Exception as exc:
+            logger.exception("merge %s: failed", merge_id)
+            technical, human = describe_merge_failure(exc)
+            outcome = "failed" if merges.fail_merge(lease, technical, human) else "lost"
+    logger.info("merge %s: %s", merge_id, outcome)
+    return outcome
+
+
+def _stage(lease: merges.MergeLease, heartbeat: MergeHeartbeat, stage: str) -> None:
+    _pause_for_tests(stage)
+    if heartbeat.lost.is_set() or not merges.record_merge_progress(lease, stage):
+        raise LeaseLost(stage)
+    logger.info("merge %s: %s", lease.merge_id, stage)
+
+
+def _merge_and_record(lease: merges.MergeLease, heartbeat: MergeHeartbeat) -> str:
+    merge_row = Merge.objects.select_related("adapter__base_model").get(pk=lease.merge_id)
+    try:
+        return _merge_files(lease, heartbeat, merge_row)
+    except LeaseLost:
+        if not Merge.objects.filter(pk=lease.merge_id).exists():  # deleted with its adapter while merging
+            remove_path(merges.merge_root(merge_row))
+        raise
+
+
+def _merge_files(lease: merges.MergeLease, heartbeat: MergeHeartbeat, merge_row: Merge) -> str:
+    import torch
+
+    from lora_engine.device import memory_snapshot
+    from lora_engine.merge import merge_adapter, verify_merge
+
+    adapter, base = merge_row.adapter, merge_row.adapter.base_model
+    remove_partial_files(merge_row)
+    model_dir = merges.merge_model_dir(merge_row)
+    _stage(lease, heartbeat, "merging")
+    result = merge_adapter(base.location, adapter.path, model_dir, dtype=merge_row.dtype, overwrite=True)
+    _stage(lease, heartbeat, "verifying")
+    max_abs_diff = verify_merge(base.location, adapter.path, model_dir)
+    peak = max(result.peak_memory_bytes or 0, memory_snapshot(torch.device("cpu"))[1] or 0) or None
+    _stage(lease, heartbeat, "archiving")
+    build_merge_archive(merge_row, model_dir, max_abs_diff)
+    if heartbeat.lost.is_set():
+        raise LeaseLost("archived")
+    done = retry_db(lambda: merges.finish_merge(lease, model_dir, result.bytes, peak, max_abs_diff), "finish merge")
+    if done is None:
+        raise LeaseLost("finish")
+    logger.info("merge %s: verified, max |Δlogit| %.3g, %d bytes in %d shard(s)%s", lease.merge_id, max_abs_diff,
+                result.bytes, result.shards, " (reused the complete merge of an earlier attempt)" if result.reused
+                else "")
+    return "succeeded"
+
+
+def describe_merge_failure(exc: BaseException) -> tuple[str, str]:
+    """(technical error for admins, message for people) for an exception raised while merging."""
+    from lora_engine.device import is_out_of_memory
+    from lora_engine.errors import LoraEngineError
+
+    technical = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if isinstance(exc, MemoryError) or is_out_of_memory(exc):
+        return technical, ("The merge ran out of memory. It needs about the largest weight tensor plus the adapter, "
+                           "and verifying loads the base and the merged model: run it on a worker with more memory.")
+    if isinstance(exc, LoraEngineError):
+        return technical, f"The merge failed: {exc}"  # the engine's messages say what to do next
+    if isinstance(exc, OSError):
+        return technical, (f"The merge could not write its files ({exc.strerror or exc}). Check the free space in "
+                           "the data directory, then press Merge again.")
+    return technical, (f"The merge stopped because of an internal error ({type(exc).__name__}). The administrator "
+                       "can see the details in the merge's technical error; pressing Merge again may work.")
+
+
+def _pause_for_tests(stage: str) -> None:
+    wanted, _, seconds = os.environ.get(PAUSE_VARIABLE, "").partition(":")
+    if wanted == stage and seconds:
+        logger.warning("merge paused %s s before %s (%s is set)", seconds, stage, PAUSE_VARIABLE)
+        time.sleep(float(seconds))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Every worker runs the merge reaper and reconciler (worker.merge_maintenance) from its main process
+
+
+@worker_ready.connect
+def start_merge_maintenance(**_kwargs) -> None:
+    from .merge_maintenance import start_maintenance
+
+    start_maintenance(app)
+
+
+@worker_shutdown.connect
+def stop_merge_maintenance(**_kwargs) -> None:
+    from .merge_maintenance import stop_maintenance
+
+    stop_maintenance()
