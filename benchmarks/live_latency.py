@@ -139,12 +139,30 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
-def report(label: str, watchers: int, latencies: list[float], complete: bool) -> None:
+def report(label: str, watchers: int, latencies: list[float], complete: bool) -> list:
     p50, p95, p99 = (percentile(latencies, q) for q in (50, 95, 99))
     print(f"{label:<22} {watchers:>4} watchers  p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  p99 {p99:7.1f} ms  "
           f"mean {statistics.fmean(latencies):7.1f} ms  {'all points' if complete else 'POINTS MISSING'}  "
           f"| vs 2 s polling: p50 {1000 / p50:5.0f}x sooner than its 1 s average wait, "
           f"p95 {POLL_INTERVAL_MS / p95:5.0f}x under one interval, p99 {POLL_INTERVAL_MS / p99:5.0f}x")
+    return [label, watchers, f"{p50:.1f}", f"{p95:.1f}", f"{p99:.1f}", "yes" if complete else "**no**",
+            f"×{1000 / p50:.0f}", f"×{POLL_INTERVAL_MS / p95:.0f}",
+            ("**met**" if p95 < 50 else "**missed**") if watchers == 100 else "—"]
+
+
+def write_report(rows: list[list], steps: int, rate: float) -> None:
+    from benchmarks.report import machine_markdown, table, write_section
+
+    body = "\n\n".join([
+        "## Live latency (`benchmarks/live_latency.py`)",
+        machine_markdown(),
+        f"Step end (the trainer's `on_step`) → a websocket client has parsed the point, through daphne and "
+        f"channels_redis; {steps} steps at {rate:g} steps/s per run. Baseline: LlamaBoard's 2 s polling (a point "
+        "waits 1 s on average, up to 2 s).",
+        table(["path", "watchers", "p50 ms", "p95 ms", "p99 ms", "all points", "p50 vs 1 s average wait",
+               "p95 vs 2 s interval", "p95 < 50 ms at 100"], rows, "lrrrrlrrl"),
+    ])
+    print(f"wrote section 'live-latency' of {write_section('live-latency', body)}")
 
 
 def main() -> None:
@@ -153,6 +171,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0, help="steps per second")
     parser.add_argument("--watchers", default="1,10,100", help="comma-separated watcher counts")
     parser.add_argument("--no-recorder", action="store_true", help="only the direct-emitter runs")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not update docs/BENCHMARKS.md")
     args = parser.parse_args()
 
     from django.contrib.auth import get_user_model
@@ -172,14 +191,17 @@ def main() -> None:
         try:
             print(f"daphne at {base_url}; {args.steps} steps at {args.rate:g} steps/s per run; "
                   f"channels_redis at {os.environ.get('REDIS_URL', 'redis://127.0.0.1:6379/0')}")
+            rows = []
             for label, through_recorder in modes:
                 for watchers in (int(w) for w in args.watchers.split(",")):
                     job = make_job(user)
                     latencies, complete = asyncio.run(
                         measure(base_url, key, job, watchers, args.steps, args.rate, through_recorder))
-                    report(label, watchers, latencies, complete)
+                    rows.append(report(label, watchers, latencies, complete))
         finally:
             server.stop()
+    if not args.no_write:
+        write_report(rows, args.steps, args.rate)
 
 
 if __name__ == "__main__":

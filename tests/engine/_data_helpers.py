@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PEERS = Path("/work/shared/data/peers")
+from tests.support.peers import PEERS
 
 
 def peer(name: str) -> Path:

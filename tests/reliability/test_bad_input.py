@@ -27,6 +27,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.http import HttpResponse
 from django.test import Client
 
+from tests.support.peers import PEERS
 from webapp.adapters.actions import upload_adapter
 from webapp.adapters.models import Adapter
 from webapp.api.ids import file_id
@@ -38,7 +39,6 @@ from webapp.jobs.models import Job
 from .conftest import CHAT_ROWS, jsonl
 from .results import record
 
-PEERS = Path("/work/shared/data/peers")
 LONG_LINE_BYTES = 20 * 1024 * 1024  # the 200 MB scaled down 10x for CI
 HUGE_BODY_BYTES = 6 * 1024 * 1024  # over DATA_UPLOAD_MAX_MEMORY_SIZE (5 MB)
 CHAT = jsonl(CHAT_ROWS[:2])

@@ -13,9 +13,8 @@ from django.conf import settings
 from django.test import Client
 
 from lora_engine.tiny import save_tiny_model
+from tests.support.peers import PEERS
 from webapp.basemodels.actions import register_local_model
-
-PEERS = Path("/work/shared/data/peers")
 
 CHAT_ROWS = [
     {"messages": [{"role": "user", "content": "What colour is the sky?"},

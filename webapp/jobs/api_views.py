@@ -24,8 +24,8 @@ from webapp.basemodels.models import BaseModel
 from webapp.lib.owned import get_owned_or_404
 
 from . import events
-from .downsample import downsample_by_split
 from .estimates import EstimateError, estimate_for
+from .metrics_query import downsampled_points
 from .models import Job, MetricPoint
 
 DEFAULT_LIMIT = 5_000
@@ -103,19 +103,20 @@ def job_metrics(request: HttpRequest, job_id) -> JsonResponse:
         rows = rows.filter(split=split)
     fields = ("seq", "step", "split", "values")
     if max_points is not None:
-        points = list(rows.values(*fields))
+        # Only the metrics the thinning looks at are read for every point (see metrics_query).
+        cache_key = (job.pk, job.last_seq, after_seq, after_step, split, max_points)
+        drawn, total, highest_seq = downsampled_points(rows, max_points, cache_key)
         has_more = False
-        total = len(points)
-        drawn = downsample_by_split(points, max_points)
     else:
         points = list(rows.values(*fields)[: limit + 1])
         has_more = len(points) > limit
         points = points[:limit]
         total = len(points)
         drawn = points
+        highest_seq = points[-1]["seq"] if points else None
     # The highest seq this answer covers (computed from the rows read, never from a second query that
     # could see newer commits): every point up to it is either here or was thinned out on purpose.
-    last_seq = points[-1]["seq"] if points else (after_seq or 0)
+    last_seq = highest_seq if highest_seq is not None else (after_seq or 0)
     return JsonResponse({
         "object": "list",
         "job_id": str(job.id),
