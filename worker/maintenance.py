@@ -1,4 +1,4 @@
-"""The job maintenance timer every worker runs (no Celery beat needed): the reaper and the reconciler.
+"""The maintenance timer every worker runs (no Celery beat needed): reapers and reconcilers for jobs and merges.
 
 Started on ``worker_ready`` in the worker's main process, in a daemon thread: reaps expired leases every
 third of JOB_LEASE_SECONDS (so a dead worker's job is queued again within about 1⅓ lease lengths), and
@@ -31,10 +31,16 @@ def reconcile_interval() -> float:
 
 
 class Maintenance:
-    def __init__(self, app: Celery):
-        from .reconciler import Reconciler
+    """One daemon thread: every reaper every reap_interval(), every reconciler every reconcile_interval()."""
 
-        self.reconciler = Reconciler(app)
+    def __init__(self, app: Celery):
+        from webapp.adapters.merges import reap_expired_merges
+        from webapp.jobs.reaper import reap_expired_leases
+
+        from .reconciler import job_reconciler, merge_reconciler
+
+        self.reapers = [("expired job leases", reap_expired_leases), ("expired merge leases", reap_expired_merges)]
+        self.reconcilers = [job_reconciler(app), merge_reconciler(app)]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="job-maintenance", daemon=True)
 
@@ -57,8 +63,6 @@ class Maintenance:
             drop_connection()
 
     def _run(self) -> None:
-        from webapp.jobs.reaper import reap_expired_leases
-
         now = time.monotonic()
         next_reap, next_reconcile = now, now
         rescans_left = 1  # a second scan soon after start confirms what the first found missing
@@ -66,10 +70,12 @@ class Maintenance:
             while not self._stop.is_set():
                 now = time.monotonic()
                 if now >= next_reap:
-                    self._safely("reaping expired leases", reap_expired_leases)
+                    for what, reap in self.reapers:
+                        self._safely(f"reaping {what}", reap)
                     next_reap = now + reap_interval()
                 if now >= next_reconcile:
-                    self._safely("reconciling the broker", self.reconciler.scan)
+                    for reconciler in self.reconcilers:
+                        self._safely(f"reconciling {reconciler.what}s with the broker", reconciler.scan)
                     delay = RESCAN_AFTER_START_SECONDS if rescans_left else reconcile_interval()
                     rescans_left = max(0, rescans_left - 1)
                     next_reconcile = now + delay

@@ -3,7 +3,7 @@
 The Celery message only wakes the worker; the merge row decides (see webapp.adapters.merges). A delivery of
 a merge that is not queued (another worker holds it, it ended, it was deleted) is dropped. A heartbeat
 renews the lease while the merge runs; a worker that dies leaves an expiring lease, which the merge reaper
-every worker runs (worker.merge_maintenance, started here on ``worker_ready``) turns back into a queued
+every worker runs (worker.maintenance, started on ``worker_ready``) turns back into a queued
 merge. Each attempt starts by deleting what an interrupted one left half-written; the engine reuses a merged
 model an earlier attempt completed. The merge is marked succeeded only after its archive is complete, so a
 download is never partial.
@@ -18,7 +18,6 @@ import time
 import traceback
 import uuid
 
-from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
 
 from webapp.adapters import merges
@@ -173,21 +172,3 @@ def _pause_for_tests(stage: str) -> None:
     if wanted == stage and seconds:
         logger.warning("merge paused %s s before %s (%s is set)", seconds, stage, PAUSE_VARIABLE)
         time.sleep(float(seconds))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Every worker runs the merge reaper and reconciler (worker.merge_maintenance) from its main process
-
-
-@worker_ready.connect
-def start_merge_maintenance(**_kwargs) -> None:
-    from .merge_maintenance import start_maintenance
-
-    start_maintenance(app)
-
-
-@worker_shutdown.connect
-def stop_merge_maintenance(**_kwargs) -> None:
-    from .merge_maintenance import stop_maintenance
-
-    stop_maintenance()

@@ -1,9 +1,10 @@
-"""Jobs queued in the database whose Celery message is gone (Redis lost it, or the enqueue after commit failed).
+"""Work queued in the database whose Celery message is gone (Redis lost it, or the enqueue after commit failed).
 
-The broker is looked at directly: the training queue's Redis lists (every priority) and kombu's ``unacked``
-hash (messages a worker holds: reserved or running). A job missing from both in two scans in a row is sent
-again; the second scan keeps the tiny window between a job's commit and its enqueue from causing a
-duplicate (a duplicate would be harmless anyway: the claim drops it).
+The broker is looked at directly: the task's queue (every priority list) and kombu's ``unacked`` hash
+(messages a worker holds: reserved or running). A row missing from both in two scans in a row is sent
+again; the second scan keeps the tiny window between a row's commit and its enqueue from causing a
+duplicate (a duplicate would be harmless anyway: the claim drops it). One reconciler per kind of work
+(training jobs, merges), each given how to list its queued ids and how to send one again.
 """
 
 from __future__ import annotations
@@ -11,42 +12,39 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
 
-from webapp.jobs.actions import TRAIN_TASK, enqueue_training
-from webapp.jobs.models import Job
-
 logger = logging.getLogger(__name__)
 
 
-def _job_id_of(raw: bytes | str) -> str | None:
-    """The job id a raw kombu/redis message is about, or None for other messages."""
+def _task_target_id(raw: bytes | str, task_name: str) -> str | None:
+    """The id (first argument) a raw kombu/redis message of ``task_name`` is about, or None for others."""
     try:
         message = json.loads(raw)
         if isinstance(message, list):  # the unacked hash stores [message, exchange, routing_key]
             message = message[0]
-        headers = message.get("headers") or {}
-        if headers.get("task") != TRAIN_TASK:
+        if (message.get("headers") or {}).get("task") != task_name:
             return None
         body = message["body"]
         if message.get("properties", {}).get("body_encoding") == "base64":
             body = base64.b64decode(body)
         args = json.loads(body)[0]
         return str(args[0]) if args else None
-    except (ValueError, KeyError, IndexError, TypeError):
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         return None
 
 
-def train_queue(app: Celery) -> str:
-    route = (app.conf.task_routes or {}).get(TRAIN_TASK) or {}
+def task_queue(app: Celery, task_name: str) -> str:
+    route = (app.conf.task_routes or {}).get(task_name) or {}
     return route.get("queue") or app.conf.task_default_queue
 
 
-def job_ids_in_broker(app: Celery) -> set[str]:
-    """Ids of the jobs with a training message waiting in the queue or held by a worker."""
-    queue = train_queue(app)
+def ids_in_broker(app: Celery, task_name: str) -> set[str]:
+    """Ids with a ``task_name`` message waiting in its queue or held by a worker."""
+    queue = task_queue(app, task_name)
     with app.connection_for_read() as connection:
         channel: Any = connection.default_channel
         client = channel.client
@@ -54,27 +52,52 @@ def job_ids_in_broker(app: Celery) -> set[str]:
         for key in {channel._q_for_pri(queue, pri) for pri in channel.priority_steps}:
             raw.extend(client.lrange(key, 0, -1))
         raw.extend(client.hvals(channel.unacked_key))
-    return {job_id for job_id in map(_job_id_of, raw) if job_id}
+    return {target for target in (_task_target_id(r, task_name) for r in raw) if target}
 
 
 class Reconciler:
-    """Re-sends the training message of queued jobs missing from the broker in two consecutive scans."""
+    """Re-sends the message of queued rows missing from the broker in two consecutive scans."""
 
-    def __init__(self, app: Celery):
+    def __init__(self, app: Celery, task_name: str, queued_ids: Callable[[], set[str]],
+                 resend: Callable[[str], object], what: str):
         self.app = app
+        self.task_name = task_name
+        self.queued_ids = queued_ids
+        self.resend = resend
+        self.what = what
         self._missing_last_scan: set[str] = set()
 
     def scan(self) -> list[str]:
-        """One scan. Returns the ids of the jobs sent again."""
-        queued = {str(pk) for pk in Job.objects.filter(state=Job.State.QUEUED, cancel_requested=False)
-                  .values_list("pk", flat=True)}
+        """One scan. Returns the ids sent again."""
+        queued = self.queued_ids()
         if not queued:
             self._missing_last_scan = set()
             return []
-        missing = queued - job_ids_in_broker(self.app)
+        missing = queued - ids_in_broker(self.app, self.task_name)
         resend = sorted(missing & self._missing_last_scan)
         self._missing_last_scan = missing - set(resend)
-        for job_id in resend:
-            logger.warning("job %s is queued but its message is not in the broker; sending it again", job_id)
-            enqueue_training(job_id)
+        for target in resend:
+            logger.warning("%s %s is queued but its message is not in the broker; sending it again", self.what, target)
+            self.resend(target)
         return resend
+
+
+def job_reconciler(app: Celery) -> Reconciler:
+    from webapp.jobs.actions import TRAIN_TASK, enqueue_training
+    from webapp.jobs.models import Job
+
+    def queued_jobs() -> set[str]:
+        rows = Job.objects.filter(state=Job.State.QUEUED, cancel_requested=False).values_list("pk", flat=True)
+        return {str(pk) for pk in rows}
+
+    return Reconciler(app, TRAIN_TASK, queued_jobs, enqueue_training, "job")
+
+
+def merge_reconciler(app: Celery) -> Reconciler:
+    from webapp.adapters.merges import MERGE_TASK, enqueue_merge
+    from webapp.adapters.models import Merge
+
+    def queued_merges() -> set[str]:
+        return {str(pk) for pk in Merge.objects.filter(state=Merge.State.QUEUED).values_list("pk", flat=True)}
+
+    return Reconciler(app, MERGE_TASK, queued_merges, enqueue_merge, "merge")

@@ -75,7 +75,7 @@ def stage_of(merge: Merge) -> str:
 
 def enqueue_merge(merge_id: uuid.UUID | str) -> bool:
     """Send the Celery message that wakes a worker for ``merge_id``. Never raises: a queued merge whose
-    message was lost is sent again by the workers' merge reconciler (worker.merge_maintenance)."""
+    message was lost is sent again by the workers' reconciler (worker.maintenance)."""
     try:
         from worker.celery import app  # the broker client; tasks go by name
 
