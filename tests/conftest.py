@@ -52,8 +52,25 @@ def stranger_client(stranger) -> Client:
 
 
 @pytest.fixture
+def staff_client(staff) -> Client:
+    client = Client()
+    client.force_login(staff)
+    return client
+
+
+@pytest.fixture
 def owner_key(owner) -> str:
     return create_api_key(owner, name="tests")[1]
+
+
+@pytest.fixture
+def stranger_key(stranger) -> str:
+    return create_api_key(stranger, name="tests")[1]
+
+
+@pytest.fixture
+def staff_key(staff) -> str:
+    return create_api_key(staff, name="tests")[1]
 
 
 @pytest.fixture

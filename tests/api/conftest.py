@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -10,28 +9,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from lora_engine.tiny import save_tiny_model
-from webapp.accounts.keys import create_api_key
+from tests.support.data import CHAT_ROWS, jsonl  # noqa: F401 - the tests here import them from this module
 from webapp.basemodels.actions import register_local_model
 from webapp.datasets.actions import create_dataset
 from webapp.jobs.models import Job
-
-CHAT_ROWS = [
-    {"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                  {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]}
-    for i in range(8)
-]
-
-
-def jsonl(rows: list[dict]) -> bytes:
-    return "".join(json.dumps(row) + "\n" for row in rows).encode()
-
-
-@pytest.fixture(autouse=True)
-def data_dir(settings, tmp_path) -> Path:
-    """Each test stores files in its own DATA_DIR, so "nothing left behind" can be checked exactly."""
-    settings.DATA_DIR = tmp_path / "data"
-    settings.DATA_DIR.mkdir()
-    return settings.DATA_DIR
 
 
 @pytest.fixture(scope="session")
@@ -42,11 +23,6 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def base_model(owner, tiny_model_dir):
     return register_local_model(owner, "tiny-llama", str(tiny_model_dir), public=True)
-
-
-@pytest.fixture
-def stranger_key(stranger) -> str:
-    return create_api_key(stranger, name="tests")[1]
 
 
 @pytest.fixture

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.test import Client
 
 from lora_engine.adapter_io import save_adapter
 from lora_engine.config import LoraConfig
 from lora_engine.inject import inject_lora
 from lora_engine.tiny import build_tiny_model, save_tiny_model
-from webapp.accounts.keys import create_api_key
+from tests.support.data import CHAT_ROWS, jsonl  # noqa: F401 - the tests here import them from this module
 from webapp.adapters.actions import upload_adapter
 from webapp.adapters.models import Adapter, Merge
 from webapp.basemodels.actions import register_local_model
@@ -24,16 +22,6 @@ from webapp.datasets.models import Dataset
 from webapp.jobs.models import Job, JobEvent, Sweep
 
 from . import results
-
-CHAT_ROWS = [
-    {"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                  {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]}
-    for i in range(8)
-]
-
-
-def jsonl(rows: list[dict]) -> bytes:
-    return "".join(json.dumps(row) + "\n" for row in rows).encode()
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
@@ -107,20 +95,3 @@ def objects(world, owner, owner_client) -> dict[str, str]:
                                 content_type="application/json")
     ids["upload"] = started.json()["id"]
     return ids
-
-
-@pytest.fixture
-def staff_client(staff) -> Client:
-    client = Client()
-    client.force_login(staff)
-    return client
-
-
-@pytest.fixture
-def stranger_key(stranger) -> str:
-    return create_api_key(stranger, name="tests")[1]
-
-
-@pytest.fixture
-def staff_key(staff) -> str:
-    return create_api_key(staff, name="tests")[1]
