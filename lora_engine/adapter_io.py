@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -256,7 +257,7 @@ def read_adapter_config(adapter_dir: str | Path) -> AdapterConfigInfo:
     return parse_adapter_config(raw)
 
 
-def _group_tensors(tensors: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+def group_tensors(tensors: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
     """``{module: {"A": .., "B": .., "magnitude": ..}}`` from PEFT keys."""
     modules: dict[str, dict[str, Tensor]] = {}
     for key, tensor in tensors.items():
@@ -323,9 +324,29 @@ def read_adapter(adapter_dir: str | Path) -> tuple[LoraConfig, dict[str, Tensor]
         raise AdapterFormatError(f"{WEIGHTS_NAME} cannot be read: {exc}") from None
     if not tensors:
         raise AdapterFormatError(f"{WEIGHTS_NAME} holds no tensors")
-    for name, parts in _group_tensors(tensors).items():
+    for name, parts in group_tensors(tensors).items():
         _check_module_tensors(name, parts, info.lora)
     return info.lora, tensors
+
+
+def check_adapter_fits(modules: Mapping[str, Mapping[str, Tensor]], linear: Mapping[str, nn.Module],
+                       label: str = "the adapter") -> None:
+    """Raise AdapterFormatError unless every adapted module is a linear layer of the model with matching sizes.
+
+    Args:
+        modules: the adapter's tensors grouped by module (:func:`group_tensors`).
+        linear: the model's linear layers by dotted name (:func:`~lora_engine.inject.find_linear_layers`).
+        label: how the message names the adapter.
+    """
+    for name, parts in modules.items():
+        if name not in linear:
+            raise AdapterFormatError(f"{label} adapts {name}, which is not a linear layer of this model; "
+                                     "was it trained on a different base model?")
+        in_features, out_features = layer_features(linear[name])
+        if parts["A"].shape[1] != in_features or parts["B"].shape[0] != out_features:
+            raise AdapterFormatError(f"{label}: {name} is {parts['A'].shape[1]}->{parts['B'].shape[0]} but the base "
+                                     f"model's layer is {in_features}->{out_features}; it belongs to another "
+                                     "base model")
 
 
 def load_adapter(model: nn.Module, adapter_dir: str | Path) -> LoraConfig:
@@ -347,17 +368,9 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> LoraConfig:
     lora, tensors = read_adapter(adapter_dir)
     if lora_layers(model):
         raise LoraEngineError("this model already has LoRA layers; call unwrap_lora(model) before loading an adapter")
-    modules = _group_tensors(tensors)
+    modules = group_tensors(tensors)
     linear = find_linear_layers(model)
-    for name, parts in modules.items():
-        if name not in linear:
-            raise AdapterFormatError(f"the adapter adapts {name}, which is not a linear layer of this model; "
-                                     "was it trained on a different base model?")
-        in_features, out_features = layer_features(linear[name])
-        if parts["A"].shape[1] != in_features or parts["B"].shape[0] != out_features:
-            raise AdapterFormatError(f"the adapter's {name} is {parts['A'].shape[1]}->{parts['B'].shape[0]} but "
-                                     f"the model's layer is {in_features}->{out_features}; it belongs to another "
-                                     "base model")
+    check_adapter_fits(modules, linear)
     for param in model.parameters():
         param.requires_grad_(False)
     names = [name for name in linear if name in modules]

@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .adapter_io import _group_tensors, read_adapter
+from .adapter_io import check_adapter_fits, group_tensors, read_adapter
 from .config import LoraConfig, QuantConfig
-from .errors import AdapterFormatError, ConfigError, LoraEngineError
+from .errors import ConfigError, LoraEngineError
 from .inject import find_linear_layers, lora_layers
-from .layers import LoRALinear, keep_model_nf4_trainable, layer_features
+from .layers import LoRALinear, keep_model_nf4_trainable
 
 MAX_NEW_TOKENS = 4096
 PLAIN_USER_PREFIX = "User: "
@@ -203,18 +203,6 @@ class LoadedAdapter:
     """The dotted names of the base layers it adapts."""
 
 
-def _check_fits(adapter_id: str, modules: Mapping[str, Mapping[str, Tensor]], linear: Mapping[str, nn.Module]) -> None:
-    for name, parts in modules.items():
-        if name not in linear:
-            raise AdapterFormatError(f"adapter {adapter_id} adapts {name}, which is not a linear layer of this base "
-                                     "model; choose adapters trained on this base model")
-        in_features, out_features = layer_features(linear[name])
-        if parts["A"].shape[1] != in_features or parts["B"].shape[0] != out_features:
-            raise AdapterFormatError(f"adapter {adapter_id}: {name} is {parts['A'].shape[1]}->{parts['B'].shape[0]} "
-                                     f"but the base model's layer is {in_features}->{out_features}; it belongs to "
-                                     "another base model")
-
-
 def _build_layer(base_layer: nn.Module, lora: LoraConfig, parts: Mapping[str, Tensor]) -> LoRALinear:
     from .dora import DoRALinear
 
@@ -255,8 +243,8 @@ class MultiAdapterModel:
         loaded: list[tuple[str, LoraConfig, dict[str, dict[str, Tensor]]]] = []
         for adapter_id, adapter_dir in adapters.items():
             lora, tensors = read_adapter(adapter_dir)
-            modules = _group_tensors(tensors)
-            _check_fits(adapter_id, modules, linear)
+            modules = group_tensors(tensors)
+            check_adapter_fits(modules, linear, label=f"adapter {adapter_id}")
             loaded.append((str(adapter_id), lora, modules))
         for param in model.parameters():
             param.requires_grad_(False)
