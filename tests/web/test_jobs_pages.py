@@ -123,6 +123,14 @@ def test_new_form_offers_only_visible_records(owner_client, owner, stranger):
     assert Job.objects.count() == 0
 
 
+def test_new_form_chooses_the_only_data_set_and_model(owner_client, owner):
+    dataset, model = make_dataset(owner), make_base_model(owner)
+    page = owner_client.get("/jobs/new/").content.decode()
+    assert f'<option value="{dataset.id}" selected>' in page and f'<option value="{model.id}" selected>' in page
+    make_dataset(owner, name="second.jsonl")
+    assert f'<option value="{dataset.id}" selected>' not in owner_client.get("/jobs/new/").content.decode()
+
+
 def test_launch_again_with_changes_prefills_the_form(owner_client, stranger_client, job):
     page = owner_client.get(f"/jobs/new/?from={job.id}").content.decode()
     assert "Launch again with changes" in page

@@ -106,6 +106,10 @@ class JobForm(forms.Form):
         self.fields["dataset"].queryset = datasets
         self.fields["validation_dataset"].queryset = datasets
         self.fields["base_model"].queryset = BaseModel.objects.visible_to(user)
+        for name in ("dataset", "base_model"):  # with one choice (a new install's demo), choose it
+            choices = list(self.fields[name].queryset.values_list("pk", flat=True)[:2])
+            if len(choices) == 1:
+                self.initial.setdefault(name, choices[0])
         self.specs = setting_specs()
         for spec in self.specs:
             self.fields[spec.name] = _field(spec)
