@@ -354,9 +354,9 @@ CASES: list[Bad] = [
     Bad("model-unknown-hub-id", register_model(name="ghost", source="hub", hub_id="nobody/no-such-model-xyz"),
         ("nobody/no-such-model-xyz",)),
     Bad("model-missing-local-dir", register_model(name="ghost", source="local", local_path="/nonexistent/model"),
-        ("/nonexistent/model",)),
-    Bad("model-dir-without-config", register_model(name="ghost", source="local", local_path="/etc"),
-        ("config.json",)),
+        ("model directories",)),
+    Bad("model-dir-outside-model-roots", register_model(name="ghost", source="local", local_path="/etc"),
+        ("model directories", "MODEL_ROOTS")),
     Bad("model-name-with-nul", register_model(name="gh\x00ost", source="local", local_path="/etc"), ("name",)),
     # -- forged adapters ---------------------------------------------------------------------------------
     Bad("adapter-pickle-bin", adapter_upload(pickle_bin), ("Pickle",)),

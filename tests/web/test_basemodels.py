@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 from django.core.management import call_command
-from django.test import Client
+from django.test import Client, override_settings
 
 from webapp.basemodels.actions import ModelRejected, register_model
 from webapp.basemodels.models import BaseModel
@@ -32,6 +32,15 @@ def offline_hub(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return tmp_path / "hf-cache"
+
+
+@pytest.fixture(autouse=True)
+def model_roots(settings, tmp_path):
+    """The server's model directories: a fresh one, and the one the tiny test model is saved in."""
+    root = (tmp_path / "models").resolve()
+    root.mkdir()
+    settings.MODEL_ROOTS = [root, tiny_model_dir().parent.resolve()]
+    return root
 
 
 def register(client: Client, **fields):
@@ -77,23 +86,43 @@ def test_a_hub_id_in_the_local_cache_is_registered(owner_client, offline_hub):
     pytest.param({"source": "hub", "hub_id": "nobody/no-such-model"}, "Cannot reach the model hub", id="hub-missing"),
     pytest.param({"source": "hub", "hub_id": "nobody/m", "revision": "v2"}, "at revision 'v2'", id="hub-revision"),
     pytest.param({"source": "hub", "hub_id": "not a valid id!!"}, "not a valid hub id", id="hub-bad-id"),
-    pytest.param({"source": "local", "local_path": "/no/such/dir"}, "is not a directory", id="missing-dir"),
-    pytest.param({"source": "local", "local_path": "/tmp"}, "has no config.json", id="not-a-model"),
+    pytest.param({"source": "local", "local_path": "ROOT/no/such/dir"}, "is not a directory", id="missing-dir"),
+    pytest.param({"source": "local", "local_path": "ROOT"}, "has no config.json", id="not-a-model"),
+    pytest.param({"source": "local", "local_path": "/etc"}, "only be registered from the server's model directories",
+                 id="outside-the-roots"),
+    pytest.param({"source": "local", "local_path": "/no/such/dir"}, "only be registered from the server's model",
+                 id="missing-dir-outside-the-roots-says-the-same"),
+    pytest.param({"source": "local", "local_path": "ROOT/../.."}, "only be registered from the server's model",
+                 id="dotdot-out-of-a-root"),
+    pytest.param({"source": "local", "local_path": "models/x"}, "absolute path", id="relative-path"),
     pytest.param({"source": "local", "local_path": ""}, "either a hub id or a local directory", id="nothing"),
     pytest.param({"source": "ftp", "local_path": "/tmp"}, "Choose where the model comes from", id="bad-source"),
     pytest.param({"name": "", "local_path": "/tmp"}, "Give the model a name", id="no-name"),
     pytest.param({"name": "bad name!", "local_path": "/tmp"}, "may hold letters", id="bad-name"),
 ])
-def test_bad_registrations_are_refused(owner_client, fields, words):
+def test_bad_registrations_are_refused(owner_client, model_roots, fields, words):
+    fields = {key: value.replace("ROOT", str(model_roots)) for key, value in fields.items()}
     response = register(owner_client, **fields)
     assert response.status_code == 400 and words in html.unescape(response.content.decode())
     assert not BaseModel.objects.exists()
 
 
-def test_an_unreadable_config_is_refused(owner_client, tmp_path):
-    (tmp_path / "broken").mkdir()
-    (tmp_path / "broken" / "config.json").write_text("{not json")
-    response = register(owner_client, local_path=str(tmp_path / "broken"))
+def test_a_symlink_out_of_a_model_root_is_refused(owner_client, model_roots):
+    (model_roots / "escape").symlink_to(tiny_model_dir())  # a real model, but it lives outside the roots
+    with override_settings(MODEL_ROOTS=[model_roots]):
+        response = register(owner_client, local_path=str(model_roots / "escape"))
+    assert response.status_code == 400 and "model directories" in html.unescape(response.content.decode())
+    assert not BaseModel.objects.exists()
+
+
+def test_the_form_says_where_models_may_live(owner_client, model_roots):
+    assert str(model_roots) in owner_client.get("/models/").content.decode()
+
+
+def test_an_unreadable_config_is_refused(owner_client, model_roots):
+    (model_roots / "broken").mkdir()
+    (model_roots / "broken" / "config.json").write_text("{not json")
+    response = register(owner_client, local_path=str(model_roots / "broken"))
     assert response.status_code == 400 and "config.json cannot be read" in response.content.decode()
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from .hub import HubModelNotCachedError, cached_snapshot_dir
@@ -43,6 +45,26 @@ def _check_name(name: str) -> str:
     return name
 
 
+def model_roots() -> list[Path]:
+    """The server directories local models may be registered from (settings.MODEL_ROOTS)."""
+    return [Path(root) for root in settings.MODEL_ROOTS]
+
+
+def _check_model_root(local_path: str) -> str:
+    """The resolved directory, if it lies inside a model root. Checked before anything about the path is read,
+    so a user cannot probe which server directories exist (the answer is the same for every outside path)."""
+    if "\x00" in local_path or not Path(local_path).is_absolute():
+        raise ModelRejected("Give the model directory as an absolute path on the server.", param="local_path")
+    resolved = Path(local_path).resolve()
+    roots = model_roots()
+    if not any(resolved == root or root in resolved.parents for root in roots):
+        where = ", ".join(str(root) for root in roots) or "(none configured)"
+        raise ModelRejected(
+            f"Local models can only be registered from the server's model directories: {where}. Copy the model "
+            "into one of them (or ask an admin to add its directory to MODEL_ROOTS).", param="local_path")
+    return str(resolved)
+
+
 def register_model(owner, name: str, hub_id: str | None = None, revision: str = "", local_path: str | None = None,
                    public: bool = False) -> BaseModel:
     """Inspect and record a base model. ``trust_remote_code`` always starts off (only admins turn it on).
@@ -52,11 +74,13 @@ def register_model(owner, name: str, hub_id: str | None = None, revision: str = 
         name: unique id scripts refer to the model by.
         hub_id: a Hugging Face hub id ('org/name'); it must already be in the local cache (no network).
         revision: hub branch, tag or commit ('' for the default branch).
-        local_path: a directory with config.json (exactly one of hub_id / local_path).
+        local_path: a directory with config.json inside one of :func:`model_roots` (exactly one of hub_id /
+            local_path).
         public: visible to every user.
 
     Raises:
-        ModelRejected: bad name, both or neither source given, unreadable directory, hub id not cached.
+        ModelRejected: bad name, both or neither source given, a directory outside the model roots or unreadable,
+            hub id not cached.
     """
     name = _check_name(name)
     hub_id, local_path, revision = (hub_id or "").strip(), (local_path or "").strip(), (revision or "").strip()
@@ -65,6 +89,7 @@ def register_model(owner, name: str, hub_id: str | None = None, revision: str = 
     if len(revision) > 100:
         raise ModelRejected("The revision is longer than 100 characters.", param="revision")
     if local_path:
+        local_path = _check_model_root(local_path)
         source, directory, param = BaseModel.Source.LOCAL, local_path, "local_path"
     else:
         source, param = BaseModel.Source.HUB, "hub_id"

@@ -9,7 +9,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from webapp.lib.owned import get_owned_or_404
 
-from .actions import ModelRejected, delete_model, register_model
+from .actions import ModelRejected, delete_model, model_roots, register_model
 from .models import BaseModel
 
 SOURCES = ("hub", "local")
@@ -17,7 +17,8 @@ SOURCES = ("hub", "local")
 
 def _list_context(request: HttpRequest, **extra) -> dict:
     models = BaseModel.objects.visible_to(request.user).select_related("owner")
-    return {"models": models, "form": {"source": "hub"}, "error": None, "error_param": None, **extra}
+    return {"models": models, "form": {"source": "hub"}, "error": None, "error_param": None,
+            "model_roots": model_roots(), **extra}
 
 
 @require_http_methods(["GET", "POST"])

@@ -9,6 +9,7 @@
 | DEBUG           | false                                    | Django debug pages                         |
 | ALLOWED_HOSTS   | localhost,127.0.0.1,[::1]                | comma-separated host names                 |
 | PORT            | 8000                                     | port `make run` serves on                  |
+| MODEL_ROOTS     | DATA_DIR/models                          | directories local base models may live in  |
 """
 
 from __future__ import annotations
@@ -123,6 +124,10 @@ FILE_UPLOAD_TEMP_DIR = DATA_DIR / "tmp"  # same filesystem as the data: uploads 
 FILE_UPLOAD_TEMP_DIR.mkdir(exist_ok=True)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024  # non-file request bodies (JSON API) are capped
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 20 * 1024**3)
+
+# The only server directories users may register as local base models (comma-separated; symlinks are resolved,
+# so a link inside a root to a directory outside it is refused too). Hub models come from the HF cache instead.
+MODEL_ROOTS = [Path(root).resolve() for root in env_list("MODEL_ROOTS", str(DATA_DIR / "models"))]
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 
