@@ -125,7 +125,19 @@ def test_a_forged_storage_path_is_never_served(owner, api, settings, tmp_path):
     record("security", check="downloads confined", held="a row pointing outside DATA_DIR answers 404")
 
 
-def test_trust_remote_code_is_off_unless_an_admin_sets_it(owner_client, api, tiny_model_dir):
+def test_local_models_come_only_from_the_model_roots(owner_client, settings, tiny_model_dir, tmp_path):
+    settings.MODEL_ROOTS = [tmp_path.resolve()]
+    (tmp_path / "link").symlink_to(tiny_model_dir)
+    for outside in ("/etc", str(tiny_model_dir), str(tmp_path / "link"), str(tmp_path / ".." / "x")):
+        response = owner_client.post("/models/", {"name": "probe", "source": "local", "local_path": outside})
+        assert response.status_code == 400 and b"model directories" in response.content, outside
+    assert not BaseModel.objects.filter(name="probe").exists()
+    record("security", check="local base models confined",
+           held="directories outside MODEL_ROOTS (also via a symlink or ..) are refused with one answer for all")
+
+
+def test_trust_remote_code_is_off_unless_an_admin_sets_it(owner_client, api, settings, tiny_model_dir):
+    settings.MODEL_ROOTS = [tiny_model_dir.parent.resolve()]
     response = owner_client.post("/models/", {"name": "remote", "source": "local", "local_path": str(tiny_model_dir),
                                               "trust_remote_code": "on", "public": "on"})
     assert response.status_code == 302, response.content[:500]
