@@ -164,3 +164,21 @@ def test_production_settings_pass_check_deploy(tmp_path):
                             env=env, capture_output=True, text=True, timeout=120)
     record("security", check="manage.py check --deploy", held=result.stdout.strip()[-200:] or result.stderr[-200:])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# The 2026 ASGI fixes: a missing or understated Content-Length no longer bypasses DATA_UPLOAD_MAX_MEMORY_SIZE
+# (CVE-2026-33034, fixed in 5.2.13) or FILE_UPLOAD_MAX_MEMORY_SIZE (CVE-2026-5766, fixed in 5.2.14).
+ASGI_UPLOAD_LIMIT_FIXES = {(5, 2): (5, 2, 14), (6, 0): (6, 0, 5)}
+
+
+def test_django_is_pinned_at_a_release_with_the_asgi_upload_limit_fixes():
+    import django
+
+    pin = re.search(r"^django==([\d.]+)$", (Path(__file__).resolve().parents[2] / "requirements.txt").read_text(),
+                    re.M | re.I)
+    assert pin, "requirements.txt must pin django with =="
+    pinned = tuple(int(part) for part in pin.group(1).split("."))
+    assert pinned[:3] == django.VERSION[:3], "the installed Django is not the pinned one"
+    assert pinned >= ASGI_UPLOAD_LIMIT_FIXES.get(pinned[:2], (99,)), f"django {pin.group(1)} lacks the 2026 fixes"
+    record("security", check="Django release", held=f"django=={pin.group(1)} has the 2026 ASGI upload-limit fixes "
+                                                   "(CVE-2026-33034, CVE-2026-5766)")
