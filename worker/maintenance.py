@@ -1,4 +1,5 @@
-"""The maintenance timer every worker runs (no Celery beat needed): reapers and reconcilers for jobs and merges.
+"""The maintenance timer every worker runs (no Celery beat needed): reapers and reconcilers for jobs, merges and
+playground sessions.
 
 Started on ``worker_ready`` in the worker's main process, in a daemon thread: reaps expired leases every
 third of JOB_LEASE_SECONDS (so a dead worker's job is queued again within about 1⅓ lease lengths), and
@@ -36,11 +37,13 @@ class Maintenance:
     def __init__(self, app: Celery):
         from webapp.adapters.merges import reap_expired_merges
         from webapp.jobs.reaper import reap_expired_leases
+        from webapp.playground.actions import reap_stalled_sessions
 
-        from .reconciler import job_reconciler, merge_reconciler
+        from .reconciler import job_reconciler, merge_reconciler, playground_reconciler
 
-        self.reapers = [("expired job leases", reap_expired_leases), ("expired merge leases", reap_expired_merges)]
-        self.reconcilers = [job_reconciler(app), merge_reconciler(app)]
+        self.reapers = [("expired job leases", reap_expired_leases), ("expired merge leases", reap_expired_merges),
+                        ("stalled playground sessions", reap_stalled_sessions)]
+        self.reconcilers = [job_reconciler(app), merge_reconciler(app), playground_reconciler(app)]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="job-maintenance", daemon=True)
 

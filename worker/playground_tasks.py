@@ -23,6 +23,7 @@ from .db import retry_db
 logger = logging.getLogger(__name__)
 
 PUSH_EVERY_SECONDS = 0.1  # token pieces are batched: at most ~10 pushes a second per answer
+TOUCH_EVERY_SECONDS = 10.0  # a long answer tells the database it is alive (the stall reaper waits much longer)
 
 
 @app.task(name="worker.tasks.playground", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
@@ -114,7 +115,7 @@ def _stream_answer(session: PlaygroundSession, key: str, model, tokenizer, promp
 
     settings = session.settings
     decoder = IncrementalDecoder(tokenizer)
-    started = last_push = time.monotonic()
+    started = last_push = last_touch = time.monotonic()
     sent_chars, pending = 0, ""
     for token in model.generate(prompt_ids, settings["max_new_tokens"], temperature=settings["temperature"],
                                 top_p=settings["top_p"], seed=settings["seed"], stop_ids=stops):
@@ -122,6 +123,9 @@ def _stream_answer(session: PlaygroundSession, key: str, model, tokenizer, promp
         if pending and time.monotonic() - last_push >= PUSH_EVERY_SECONDS:
             events.emit_tokens(session.id, key, sent_chars, pending, len(decoder.ids))
             sent_chars, pending, last_push = sent_chars + len(pending), "", time.monotonic()
+        if time.monotonic() - last_touch >= TOUCH_EVERY_SECONDS:
+            retry_db(partial(actions.touch_session, session.id), "touch playground session")
+            last_touch = time.monotonic()
     pending += decoder.flush()
     if pending:
         events.emit_tokens(session.id, key, sent_chars, pending, len(decoder.ids))

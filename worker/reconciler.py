@@ -101,3 +101,14 @@ def merge_reconciler(app: Celery) -> Reconciler:
         return {str(pk) for pk in Merge.objects.filter(state=Merge.State.QUEUED).values_list("pk", flat=True)}
 
     return Reconciler(app, MERGE_TASK, queued_merges, enqueue_merge, "merge")
+
+
+def playground_reconciler(app: Celery) -> Reconciler:
+    from webapp.playground.actions import PLAYGROUND_TASK, enqueue_session
+    from webapp.playground.models import PlaygroundSession
+
+    def queued_sessions() -> set[str]:
+        rows = PlaygroundSession.objects.filter(state=PlaygroundSession.State.QUEUED).values_list("pk", flat=True)
+        return {str(pk) for pk in rows}
+
+    return Reconciler(app, PLAYGROUND_TASK, queued_sessions, enqueue_session, "playground session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,34 @@ def test_the_socket_streams_to_the_owner_only(transactional_db, owner, stranger,
         await comm.disconnect()
 
     async_to_sync(scenario)()
+
+
+def test_a_session_whose_worker_died_is_failed_by_the_reaper(owner, base_model, adapters, enqueued, settings):
+    settings.PLAYGROUND_STALL_SECONDS = 60
+    stalled, alive, queued = (actions.create_session(owner, base_model, adapters, "Hi") for _ in range(3))
+    for session in (stalled, alive):
+        actions.start_session(session.id)
+    actions.record_answer(stalled.id, "base", "Hello", 2, "stop", 0.5)
+    long_ago = PlaygroundSession.objects.get(pk=stalled.id).updated_at - timedelta(minutes=5)
+    PlaygroundSession.objects.filter(pk__in=[stalled.id, alive.id]).update(updated_at=long_ago)
+    actions.touch_session(alive.id)  # its worker is generating a long answer
+
+    assert actions.reap_stalled_sessions() == [stalled.id]
+    stalled.refresh_from_db()
+    assert stalled.state == "failed" and "stopped" in stalled.error_message
+    assert [o["state"] for o in stalled.outputs] == ["done", "failed", "failed"]  # the finished answer is kept
+    assert stalled.outputs[0]["text"] == "Hello"
+    states = dict(PlaygroundSession.objects.values_list("pk", "state"))
+    assert (states[alive.id], states[queued.id]) == ("running", "queued")
+    assert actions.reap_stalled_sessions() == []
+
+
+def test_a_queued_session_whose_message_was_lost_is_sent_again(owner, base_model, adapters, enqueued):
+    from worker.celery import app
+    from worker.reconciler import playground_reconciler
+
+    session = actions.create_session(owner, base_model, adapters, "Hi")  # no message: Redis lost it
+    reconciler = playground_reconciler(app)  # looks in the real broker; resends through `enqueued`
+    assert reconciler.scan() == []  # first sighting: it may be between its commit and its enqueue
+    assert reconciler.scan() == [str(session.id)]
+    assert enqueued == [str(session.id)]

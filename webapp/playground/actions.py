@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -179,14 +181,46 @@ def finish_session(session_id: Any) -> PlaygroundSession:
     return _update(session_id, change)
 
 
+def touch_session(session_id: Any) -> None:
+    """Say the worker is still answering (generating one long answer writes nothing else for a while)."""
+    PlaygroundSession.objects.filter(pk=session_id, state=PlaygroundSession.State.RUNNING).update(
+        updated_at=timezone.now())
+
+
+STALLED_MESSAGE = ("The worker answering this prompt stopped (it was restarted, or ran out of memory). Answers "
+                   "that finished are kept; run the prompt again for the others.")
+
+
+def reap_stalled_sessions() -> list[uuid.UUID]:
+    """Fail every running session its worker stopped writing to PLAYGROUND_STALL_SECONDS ago (a dead worker:
+    its message is not redelivered before the broker's visibility timeout, and a redelivery would be dropped).
+
+    Returns:
+        The ids of the sessions failed.
+    """
+    cutoff = timezone.now() - timedelta(seconds=settings.PLAYGROUND_STALL_SECONDS)
+    stalled = list(PlaygroundSession.objects.filter(state=PlaygroundSession.State.RUNNING, updated_at__lt=cutoff)
+                   .values_list("pk", flat=True)[:100])
+    technical = f"no write from the worker for {settings.PLAYGROUND_STALL_SECONDS}s"
+
+    def fail_if_still_stalled(session: PlaygroundSession) -> None:
+        if session.state == PlaygroundSession.State.RUNNING and session.updated_at < cutoff:  # re-checked, locked
+            _mark_failed(session, technical, STALLED_MESSAGE)
+
+    for session_id in stalled:
+        _update(session_id, fail_if_still_stalled)
+    return stalled
+
+
+def _mark_failed(session: PlaygroundSession, technical: str, message: str) -> None:
+    session.state = PlaygroundSession.State.FAILED
+    session.finished_at = timezone.now()
+    session.error, session.error_message = technical, message
+    for output in session.outputs:
+        if output["state"] != "done":
+            output["state"] = "failed"
+
+
 def fail_session(session_id: Any, technical: str, message: str) -> PlaygroundSession:
     """End the session as failed; answers still pending or running are marked failed, finished ones are kept."""
-    def change(session: PlaygroundSession) -> None:
-        session.state = PlaygroundSession.State.FAILED
-        session.finished_at = timezone.now()
-        session.error, session.error_message = technical, message
-        for output in session.outputs:
-            if output["state"] != "done":
-                output["state"] = "failed"
-
-    return _update(session_id, change)
+    return _update(session_id, lambda session: _mark_failed(session, technical, message))

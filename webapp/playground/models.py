@@ -43,6 +43,7 @@ class PlaygroundSession(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True, help_text="The worker's last write: a stalled session is reaped.")
 
     objects = OwnedQuerySet.as_manager()
 

@@ -166,6 +166,8 @@ JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 45)
 JOB_HEARTBEAT_SECONDS = env_int("JOB_HEARTBEAT_SECONDS", 10)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)
 JOB_RECONCILE_SECONDS = env_int("JOB_RECONCILE_SECONDS", 60)  # how often workers re-send jobs the broker lost
+# A running playground session whose worker has not written for this long is failed (the worker died).
+PLAYGROUND_STALL_SECONDS = env_int("PLAYGROUND_STALL_SECONDS", 120)
 
 LOGGING = {
     "version": 1,
