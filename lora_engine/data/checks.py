@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from .formats import CHAT_ROLES, SHAREGPT_ROLES
+from .formats import SHAREGPT_ROLES
 
 RecordCheck = Callable[[dict[str, Any]], bool]
 
@@ -53,42 +53,39 @@ def _alpaca(record: dict[str, Any]) -> bool:
         type(pair) is list and len(pair) == 2 and _filled(pair[0]) and _filled(pair[1]) for pair in history)
 
 
-def _turn_list(record: dict[str, Any], key: str) -> list | None:
-    """The non-empty list of turns under ``key``; CSV and Parquet cells hold it as JSON text."""
-    value = record.get(key)
+def _turns_from_text(value: Any) -> list | None:
+    """The list of turns a CSV or Parquet cell holds as JSON text, or None."""
     if type(value) is str and value.lstrip().startswith("["):
         try:
             value = json.loads(value)
         except (ValueError, RecursionError):
             return None
-    return value if type(value) is list and value else None
+    return value if type(value) is list else None
 
 
-def _order_ok(roles: list[str], trained: bool) -> bool:
-    """The turn-order rules of :func:`lora_engine.data.formats.check_turn_order`, as a yes/no.
-
-    ``roles`` holds at least one role; the non-empty contents were checked by the caller.
-    """
-    start = 1 if roles[0] == "system" else 0
-    if (len(roles) == start or roles[start] != "user" or roles[-1] != "assistant" or not trained
-            or roles.count("system") != start):
-        return False
-    # A tool result follows an assistant turn or another result: with a user turn first and no other system
-    # turn, only a user turn can come before one.
-    return "tool" not in roles or ("user", "tool") not in zip(roles, roles[1:], strict=False)
+# The conversation rules of formats.check_turn_order as the (previous role, role) pairs they allow (None: no
+# turn yet): a system turn only comes first, the first other turn is a user turn, a tool result follows an
+# assistant turn or another result. The last turn being an assistant answer is checked at the end.
+_ALLOWED_STEPS = frozenset({
+    (None, "system"), (None, "user"), ("system", "user"),
+    ("user", "user"), ("user", "assistant"),
+    ("assistant", "user"), ("assistant", "assistant"), ("assistant", "tool"),
+    ("tool", "user"), ("tool", "assistant"), ("tool", "tool"),
+})
 
 
 def _openai_chat(record: dict[str, Any]) -> bool:
-    messages = _turn_list(record, "messages")
-    if messages is None or not _plain_extras(record):
+    messages = record.get("messages")
+    if type(messages) is not list:
+        messages = _turns_from_text(messages)
+    if not messages or not _plain_extras(record):
         return False
-    roles: list[str] = []
-    trained = False
+    previous, trained = None, False
     for message in messages:
         if type(message) is not dict:
             return False
         role, content = message.get("role"), message.get("content")
-        if type(content) is not str or role not in CHAT_ROLES:
+        if type(role) is not str or type(content) is not str or (previous, role) not in _ALLOWED_STEPS:
             return False
         if role != "system" and (not content or content.isspace()):
             return False
@@ -99,27 +96,29 @@ def _openai_chat(record: dict[str, Any]) -> bool:
             trained = trained or (role == "assistant" and weight != 0)
         else:
             trained = trained or role == "assistant"
-        roles.append(role)
-    return _order_ok(roles, trained)
+        previous = role
+    return previous == "assistant" and trained
 
 
 def _sharegpt(record: dict[str, Any]) -> bool:
-    conversations = _turn_list(record, "conversations")
-    if conversations is None or not _plain_extras(record):
+    conversations = record.get("conversations")
+    if type(conversations) is not list:
+        conversations = _turns_from_text(conversations)
+    if not conversations or not _plain_extras(record):
         return False
-    roles: list[str] = []
+    previous = None
     for message in conversations:
         if type(message) is not dict:
             return False
         source = message.get("from", message.get("role"))
         role = SHAREGPT_ROLES.get(source) if type(source) is str else None
         content = message.get("value", message.get("content"))
-        if role is None or type(content) is not str:
+        if type(content) is not str or (previous, role) not in _ALLOWED_STEPS:
             return False
         if role != "system" and (not content or content.isspace()):
             return False
-        roles.append(role)
-    return _order_ok(roles, "assistant" in roles)
+        previous = role
+    return previous == "assistant"  # every assistant turn of ShareGPT is trained
 
 
 RECORD_CHECKS: dict[str, RecordCheck] = {

@@ -131,9 +131,12 @@ def _maybe(rng: random.Random, record: dict, key: str, values: tuple) -> None:
 
 
 def _random_turns(rng: random.Random, role_key: str, roles: tuple, content_key: str) -> list:
-    common = (["user", "assistant"], ["system", "user", "assistant"], ["user", "assistant", "tool", "assistant"])
-    if rng.random() < 0.5:  # mostly well-formed chats with small changes, so the accepting branch is explored
+    common = (["user", "assistant"], ["system", "user", "assistant"], ["user", "assistant", "tool", "assistant"],
+              ["user", "assistant", "user", "assistant"])
+    if rng.random() < 0.6:  # well-formed chats, some with one turn added, so both answers are near each other
         names = list(rng.choice(common))
+        if rng.random() < 0.4:
+            names.insert(rng.randint(0, len(names)), rng.choice(roles))
     else:
         names = [rng.choice(roles) for _ in range(rng.randint(0, 5))]
     turns: list = []
