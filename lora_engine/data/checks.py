@@ -110,9 +110,9 @@ def _sharegpt(record: dict[str, Any]) -> bool:
     for message in conversations:
         if type(message) is not dict:
             return False
-        source = message.get("from", message.get("role"))
+        source = message["from"] if "from" in message else message.get("role")
         role = SHAREGPT_ROLES.get(source) if type(source) is str else None
-        content = message.get("value", message.get("content"))
+        content = message["value"] if "value" in message else message.get("content")
         if type(content) is not str or (previous, role) not in _ALLOWED_STEPS:
             return False
         if role != "system" and (not content or content.isspace()):
