@@ -85,6 +85,14 @@ class ValidationReport:
         out["problems"] = [{"line": p.line, "field": p.field, "message": p.message} for p in self.problems]
         return out
 
+    def add_row(self, problems: list[DataProblem], max_problems: int) -> None:
+        """Count a row: usable without problems, else a row with problems."""
+        if problems:
+            self.rows_with_problems += 1
+            self.add(problems, max_problems)
+        else:
+            self.rows += 1
+
     def add(self, problems: list[DataProblem], max_problems: int) -> None:
         self.problem_count += len(problems)
         self.problems.extend(problems[: max(0, max_problems - len(self.problems))])
@@ -129,21 +137,13 @@ def validate_file(path: str | Path, format: str = "auto", tokenizer: Any = None,
         for _line, example, problems in iter_examples(path, fmt):
             if example is not None:
                 problems = _measure(example, tokenizer, max_seq_len, train_on_all, report, lengths)
-            _count(report, problems, max_problems)
+            report.add_row(problems, max_problems)
     if report.rows == 0 and report.problem_count == 0:
         report.add([DataProblem(None, "the file has no records (it is empty or holds only whitespace)")],
                    max_problems)
     report.token_stats = TokenStats.from_lengths(lengths)
     report.ok = report.rows > 0 and report.problem_count == 0
     return report
-
-
-def _count(report: ValidationReport, problems: list[DataProblem], max_problems: int) -> None:
-    if problems:
-        report.rows_with_problems += 1
-        report.add(problems, max_problems)
-    else:
-        report.rows += 1
 
 
 def _check_rows(path: str | Path, fmt: str, report: ValidationReport, max_problems: int) -> None:
@@ -158,7 +158,7 @@ def _check_rows(path: str | Path, fmt: str, report: ValidationReport, max_proble
         if record is not None and record_ok(record):
             report.rows += 1
             continue
-        _count(report, examine(item, fmt)[1], max_problems)
+        report.add_row(examine(item, fmt)[1], max_problems)
         if item.fatal:
             return
 
