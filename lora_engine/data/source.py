@@ -72,12 +72,21 @@ def iter_examples(path: str | Path, fmt: str) -> Iterator[tuple[int | None, Exam
         UnsupportedDataError: a record holds preference data.
     """
     for item in iter_items(path):
-        if item.problem is not None:
-            yield item.line, None, [item.problem]
-            if item.fatal:
-                return
-            continue
-        try:
-            yield item.line, normalise(item.record, fmt, item.line), []  # type: ignore[arg-type]
-        except RecordError as exc:
-            yield item.line, None, exc.problems
+        example, problems = examine(item, fmt)
+        yield item.line, example, problems
+        if item.fatal:
+            return
+
+
+def examine(item: Item, fmt: str) -> tuple[Example | None, list[DataProblem]]:
+    """The example of an item of format ``fmt``, or None and the problems that keep it from being one.
+
+    Raises:
+        UnsupportedDataError: the record holds preference data.
+    """
+    if item.problem is not None:
+        return None, [item.problem]
+    try:
+        return normalise(item.record, fmt, item.line), []  # type: ignore[arg-type]
+    except RecordError as exc:
+        return None, exc.problems

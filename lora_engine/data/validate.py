@@ -1,8 +1,9 @@
 """Check a data file without training: every problem with its line and field, plus a summary.
 
-The file is streamed once; memory stays at about one record (plus one int per row for the token lengths
-when a tokenizer is given). Without a tokenizer the work per record is a JSON parse and a few key
-checks, so validation runs at disk speed on plain JSONL.
+The file is streamed once; memory stays at about one block of records (plus one int per row for the token
+lengths when a tokenizer is given). Without a tokenizer the work per record is a JSON parse and the
+check-only fast path of :mod:`.checks` (no example built); only records that fail it take the full path,
+which finds their problems.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, DataProblem, UnsupportedDataError
+from .checks import RECORD_CHECKS
 from .formats import RecordError
+from .readers import iter_items
 from .render import render_example
-from .source import iter_examples, resolve_format
+from .source import examine, iter_examples, resolve_format
 
 HISTOGRAM_BINS = 20
 
@@ -82,6 +85,14 @@ class ValidationReport:
         out["problems"] = [{"line": p.line, "field": p.field, "message": p.message} for p in self.problems]
         return out
 
+    def add_row(self, problems: list[DataProblem], max_problems: int) -> None:
+        """Count a row: usable without problems, else a row with problems."""
+        if problems:
+            self.rows_with_problems += 1
+            self.add(problems, max_problems)
+        else:
+            self.rows += 1
+
     def add(self, problems: list[DataProblem], max_problems: int) -> None:
         self.problem_count += len(problems)
         self.problems.extend(problems[: max(0, max_problems - len(self.problems))])
@@ -119,22 +130,37 @@ def validate_file(path: str | Path, format: str = "auto", tokenizer: Any = None,
         return report
     report = ValidationReport(format=fmt, max_seq_len=max_seq_len)
     lengths = array("l")
-    if tokenizer is not None:
+    if tokenizer is None:
+        _check_rows(path, fmt, report, max_problems)
+    else:
         report.trainable_tokens = 0
-    for _line, example, problems in iter_examples(path, fmt):
-        if example is not None and tokenizer is not None:
-            problems = _measure(example, tokenizer, max_seq_len, train_on_all, report, lengths)
-        if problems:
-            report.rows_with_problems += 1
-            report.add(problems, max_problems)
-        else:
-            report.rows += 1
+        for _line, example, problems in iter_examples(path, fmt):
+            if example is not None:
+                problems = _measure(example, tokenizer, max_seq_len, train_on_all, report, lengths)
+            report.add_row(problems, max_problems)
     if report.rows == 0 and report.problem_count == 0:
         report.add([DataProblem(None, "the file has no records (it is empty or holds only whitespace)")],
                    max_problems)
     report.token_stats = TokenStats.from_lengths(lengths)
     report.ok = report.rows > 0 and report.problem_count == 0
     return report
+
+
+def _check_rows(path: str | Path, fmt: str, report: ValidationReport, max_problems: int) -> None:
+    """Count the rows and collect the problems without building examples (no tokenizer: nothing to render).
+
+    A record the cheap check of :mod:`.checks` passes is a row; any other item goes through
+    :func:`.source.examine`, the path training takes, so each problem reads as it always has.
+    """
+    record_ok = RECORD_CHECKS[fmt]
+    for item in iter_items(path):
+        record = item.record
+        if record is not None and record_ok(record):
+            report.rows += 1
+            continue
+        report.add_row(examine(item, fmt)[1], max_problems)
+        if item.fatal:
+            return
 
 
 def _measure(example, tokenizer: Any, max_seq_len: int | None, train_on_all: bool, report: ValidationReport,
