@@ -1,0 +1,81 @@
+"""The one-node LoRA forward/backward gives what plain autograd over ``base(x) + s·B(A(x))`` gives."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from torch import nn
+
+from lora_engine.fused_lora import fused_lora_linear
+from lora_engine.layers import LoRALinear
+
+
+def _layer(base: nn.Module, seed: int = 0) -> LoRALinear:
+    layer = LoRALinear(base, rank=4, alpha=8)
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=torch.Generator().manual_seed(seed)))
+    return layer
+
+
+def _run(layer: LoRALinear, x: torch.Tensor, fused: bool, autocast: bool) -> tuple[torch.Tensor, ...]:
+    layer.fused = fused
+    layer.zero_grad()
+    x = x.detach().clone().requires_grad_(True)
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with context:
+        out = layer(x)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(out.dtype)
+    out.backward(grad_out)
+    return out.detach(), x.grad, layer.lora_A.grad, layer.lora_B.grad
+
+
+def _assert_same(fused, plain, atol, rtol) -> None:
+    for name, f, p in zip(("output", "grad x", "grad A", "grad B"), fused, plain, strict=True):
+        assert f.dtype == p.dtype, name
+        torch.testing.assert_close(f.float(), p.float(), atol=atol, rtol=rtol, msg=name)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fp32_linear_matches_plain_autograd(bias):
+    torch.manual_seed(0)
+    layer = _layer(nn.Linear(32, 24, bias=bias))
+    x = torch.randn(2, 5, 32)
+    _assert_same(_run(layer, x, True, False), _run(layer, x, False, False), atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_base_under_autocast_matches_plain_autograd():
+    torch.manual_seed(0)
+    layer = _layer(nn.Linear(64, 48).to(torch.bfloat16))
+    x = torch.randn(3, 7, 64).to(torch.bfloat16)
+    fused, plain = _run(layer, x, True, True), _run(layer, x, False, True)
+    assert fused[0].dtype == torch.bfloat16 and fused[2].dtype == torch.float32  # fp32 master adapters
+    _assert_same(fused, plain, atol=0.05, rtol=0.02)
+
+
+def test_nf4_base_matches_plain_autograd():
+    bnb = pytest.importorskip("bitsandbytes")
+    torch.manual_seed(0)
+    source = nn.Linear(64, 64, bias=False)
+    base = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+    base.weight = bnb.nn.Params4bit(source.weight.data.clone(), requires_grad=False, quant_type="nf4")
+    layer = _layer(base.to("cpu"))
+    x = torch.randn(4, 64)
+    _assert_same(_run(layer, x, True, False), _run(layer, x, False, False), atol=1e-5, rtol=1e-5)
+
+
+def test_the_function_saves_only_the_input_and_the_small_projection():
+    x = torch.randn(6, 32, requires_grad=True)
+    a, b = torch.randn(4, 32, requires_grad=True), torch.randn(24, 4, requires_grad=True)
+    weight = torch.randn(24, 32)
+    out = fused_lora_linear(x, a, b, None, lambda dtype: weight.to(dtype), 2.0, torch.float32)
+    saved = out.grad_fn.saved_tensors
+    assert sorted(tuple(t.shape) for t in saved) == sorted([(6, 32), (6, 4), (4, 32), (24, 4)])
+    assert not any(t.shape == weight.shape for t in saved)  # the frozen weight is re-read, not kept
+
+
+def test_dropout_in_training_takes_the_plain_path():
+    layer = LoRALinear(nn.Linear(8, 8), rank=2, alpha=4, dropout=0.5).train()
+    assert layer._fused_dtype(torch.randn(2, 8)) is None
+    assert layer.eval()._fused_dtype(torch.randn(2, 8)) == torch.float32
