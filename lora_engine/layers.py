@@ -146,6 +146,9 @@ class LoRALinear(nn.Module):
         TypeError: ``base_layer`` is not a supported linear layer.
     """
 
+    fused: bool = True
+    """Use the one-node forward/backward of :mod:`.fused_lora` where it applies (False: plain autograd)."""
+
     def __init__(
         self,
         base_layer: nn.Module,
@@ -167,8 +170,6 @@ class LoRALinear(nn.Module):
         self.scaling = alpha / (math.sqrt(rank) if use_rslora else rank)
         self.dropout_p = float(dropout)
         self.merged = False
-        self.fused = True
-        """Use the one-node forward/backward of :mod:`.fused_lora` where it applies (False: plain autograd)."""
         device = _weight_device(base_layer)
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, device=device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, device=device, dtype=dtype))

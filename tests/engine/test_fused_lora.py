@@ -79,3 +79,31 @@ def test_dropout_in_training_takes_the_plain_path():
     layer = LoRALinear(nn.Linear(8, 8), rank=2, alpha=4, dropout=0.5).train()
     assert layer._fused_dtype(torch.randn(2, 8)) is None
     assert layer.eval()._fused_dtype(torch.randn(2, 8)) == torch.float32
+
+
+@pytest.mark.parametrize(("quant", "precision", "tolerance"), [("none", "fp32", 1e-5), ("none", "bf16", 2e-2),
+                                                               ("nf4", "fp32", 1e-5)])
+def test_training_with_the_fused_node_gives_the_plain_loss_curve_and_adapter(quant, precision, tolerance, tmp_path,
+                                                                             monkeypatch):
+    if quant == "nf4":
+        pytest.importorskip("bitsandbytes")
+    from safetensors.torch import load_file
+
+    from lora_engine import train
+
+    from ._trainer_helpers import make_model_dir, run_config, write_text_jsonl
+
+    model_dir, data = make_model_dir(tmp_path), write_text_jsonl(tmp_path / "train.jsonl")
+    results = {}
+    for fused in (True, False):
+        monkeypatch.setattr(LoRALinear, "fused", fused)
+        config = run_config(model_dir, data, tmp_path / f"out-{fused}", quant=quant, precision=precision, max_steps=4)
+        results[fused] = train(config)
+    fused, plain = results[True], results[False]
+    assert fused.losses == pytest.approx(plain.losses, rel=tolerance, abs=tolerance)
+    assert fused.losses[-1] < fused.losses[0]
+    fused_adapter = load_file(f"{fused.adapter_dir}/adapter_model.safetensors")
+    plain_adapter = load_file(f"{plain.adapter_dir}/adapter_model.safetensors")
+    assert fused_adapter.keys() == plain_adapter.keys() and len(fused_adapter) == 2 * 7 * 2  # all-linear, 2 layers
+    for key, value in fused_adapter.items():
+        torch.testing.assert_close(value, plain_adapter[key], atol=tolerance, rtol=tolerance, msg=key)
