@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .bench_report import format_markdown, machine_description
 
 SIDES = ("engine", "peft")
 _SENTENCES = [
@@ -185,7 +186,9 @@ def _peft_model(spec: BenchSpec, device: torch.device):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=amp_dtype(spec.precision))
         kwargs["device_map"] = {"": str(device)}
-    model = AutoModelForCausalLM.from_pretrained(spec.model_dir, **kwargs).to(device)
+    model = AutoModelForCausalLM.from_pretrained(spec.model_dir, **kwargs)
+    if spec.quant == "none":  # a 4-bit model is placed by its device_map (transformers refuses .to for it)
+        model = model.to(device)
     model.config.use_cache = False
     if spec.quant == "nf4":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing)
@@ -299,23 +302,6 @@ def _run_side(side: str, spec: BenchSpec) -> SideResult:
     return SideResult(**data)
 
 
-def machine_description() -> dict[str, Any]:
-    """CPU model, cores, torch/transformers versions and thread count."""
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable,
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "cuda": torch.cuda.is_available()}
-
-
 def run_benchmark(spec: BenchSpec, repeats: int = 1) -> dict[str, Any]:
     """Prepare inputs, run both sides in fresh processes, and compute ratios and MFU.
 
@@ -359,38 +345,6 @@ def run_benchmark(spec: BenchSpec, repeats: int = 1) -> dict[str, Any]:
     spec_dict = {k: v for k, v in asdict(spec).items() if k not in ("model_dir", "data_path", "work_dir")}
     return {"spec": spec_dict, "machine": machine_description(), "peak_flops": peak, "flops_per_token": per_token,
             "sides": {name: asdict(r) for name, r in sides.items()}, "ratios": ratios}
-
-
-def format_markdown(report: dict[str, Any]) -> str:
-    """The report as a Markdown section (machine, setting, a table per side, ratios)."""
-    mib = 1024**2
-    m, s, sides = report["machine"], report["spec"], report["sides"]
-    quant = "LoRA" if s["quant"] == "none" else f"QLoRA {s['quant'].upper()}"
-    lines = [
-        f"### {quant}, {s['precision']}, rank {s['rank']}, {','.join(s['targets'])}: lora_engine vs peft + torch loop",
-        "",
-        f"Machine: {m['cpu']}, {m['usable_cores']} usable of {m['logical_cores']} logical cores, "
-        f"torch {m['torch']} ({m['torch_threads']} threads), transformers {m['transformers']}, "
-        f"Python {m['python']}, CUDA: {m['cuda']}.", "",
-        f"Setting: Llama d={s['hidden_size']} L={s['layers']} vocab={s['vocab_size']}, rank {s['rank']}, targets "
-        f"{','.join(s['targets'])}, quant {s['quant']}, precision {s['precision']}, batch {s['batch_size']} × "
-        f"seq {s['seq_len']}, {s['steps']} AdamW steps ({s['warmup']} untimed), device {s.get('device', 'cpu')}, "
-        f"gradient checkpointing {'on' if s.get('gradient_checkpointing') else 'off'}.", "",
-        f"Measured matmul peak: {report['peak_flops']['fp32'] / 1e9:.1f} GFLOP/s fp32"
-        + (f", {report['peak_flops']['bf16'] / 1e9:.1f} GFLOP/s bf16" if "bf16" in report["peak_flops"] else "")
-        + f"; model FLOPs per token: {report['flops_per_token'] / 1e6:.1f} M.", "",
-        "| side | tokens/s | peak memory (MiB) | growth (MiB) | MFU (vs fp32 peak) | first loss | final loss |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for name, r in sides.items():
-        growth = (r["peak_memory_bytes"] - r["baseline_memory_bytes"]) / mib
-        lines.append(f"| {name} | {r['tokens_per_second']:.0f} | {r['peak_memory_bytes'] / mib:.0f} | {growth:.0f} | "
-                     f"{100 * r['mfu']:.1f} % | {r['first_loss']:.3f} | {r['final_loss']:.3f} |")
-    ratios = report["ratios"]
-    memory = "peak reserved CUDA memory" if s.get("device", "cpu").startswith("cuda") else "peak RSS"
-    lines += ["", f"Engine ÷ peft: tokens/s ×{ratios['tokens_per_second']:.2f}, {memory} ×{ratios['peak_memory']:.2f}, "
-              f"growth over the post-import baseline ×{ratios['memory_growth']:.2f}.", ""]
-    return "\n".join(lines)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
