@@ -17,6 +17,7 @@ from lora_engine.bench import (
     run_engine_side,
     run_peft_side,
 )
+from lora_engine.bench_report import summary_markdown
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +72,5 @@ def test_flops_and_report(spec):
     }
     text = format_markdown(report)
     assert "Test CPU" in text and "| engine | 100 | 300 | 100 | 5.0 % |" in text and "tokens/s ×2.00" in text
+    summary = summary_markdown([report])
+    assert "| LoRA fp32 r8 q_proj,v_proj, d=64 L=1, 2×32 | 100 / 50 | ×2.00 ✓ | ×1.00 | 5.0 % |" in summary
