@@ -1,13 +1,15 @@
 """Side-by-side training benchmark: this engine's trainer against peft + a plain torch loop.
 
-    python -m lora_engine.bench [--precision fp32|bf16] [--rank 8] [--targets q_proj,v_proj]
-                                [--quant none|nf4] [--seq-len 256] [--steps 20] [--markdown FILE]
+    python -m lora_engine.bench [--device auto|cpu|cuda] [--precision fp32|bf16] [--rank 8]
+                                [--targets q_proj,v_proj|all-linear] [--quant none|nf4] [--seq-len 256]
+                                [--steps 20] [--threads N] [--gradient-checkpointing] [--markdown FILE]
 
 Both sides train the same random-init Llama (a few million parameters, built with :mod:`lora_engine.tiny`)
 on the same packed token rows in the same order (the engine's data pipeline and
 :class:`~lora_engine.session.MicroBatchStream` feed both), with the same rank, alpha, targets, AdamW
-settings, gradient clipping and autocast precision. The engine side is the public ``train()``; the peft
-side is ``get_peft_model`` and a ten-line loop using the model's own loss.
+settings, gradient clipping, autocast precision, device and torch thread count (``--threads``, set in
+both worker processes). The engine side is the public ``train()``; the peft side is ``get_peft_model`` and a
+ten-line loop using the model's own loss.
 
 Each side runs in a fresh interpreter, so one side's peak resident memory cannot contaminate the other's.
 Throughput counts non-padding tokens over the steps after the first ``--warmup`` ones.
@@ -27,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .bench_report import format_markdown, machine_description
 
 SIDES = ("engine", "peft")
 _SENTENCES = [
@@ -67,6 +70,10 @@ class BenchSpec:
     intermediate_size: int = 688
     vocab_size: int = 4096
     seed: int = 0
+    device: str = "cpu"
+    threads: int = 0
+    """torch intra-op threads in both sides' processes (0: torch's default)."""
+    gradient_checkpointing: bool = False
     model_dir: str = ""
     data_path: str = ""
     work_dir: str = ""
@@ -97,27 +104,32 @@ def _import_libraries() -> None:
     from . import data, device, quant, session  # noqa: F401
 
 
-def _rss() -> tuple[int, int]:
-    from .device import memory_snapshot
+def _memory(device: str) -> tuple[int, int]:
+    """(now, peak) bytes: resident set size on CPU, the allocator's numbers on CUDA."""
+    from .device import memory_snapshot, resolve_device
 
-    return memory_snapshot(torch.device("cpu"))
+    return memory_snapshot(resolve_device(device))
 
 
 class _StepClock:
     """Wall time and cumulative tokens at the start and after each optimizer step (index i = after step i)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.times: list[float] = []
         self.tokens: list[int] = []
         self.losses: list[float] = []
 
     def start(self) -> None:
+        from .device import synchronize
+
+        synchronize(self.device)
         self.times, self.tokens = [time.perf_counter()], [0]
 
     def on_train_start(self, info: Any) -> None:  # the trainer's callback hook, after model and data are ready
         self.start()
 
-    def record(self, tokens_seen: int, loss: float) -> None:
+    def record(self, tokens_seen: int, loss: float) -> None:  # ``loss`` is a Python float: the step is done
         self.times.append(time.perf_counter())
         self.tokens.append(tokens_seen)
         self.losses.append(loss)
@@ -129,7 +141,8 @@ class _StepClock:
         start = min(warmup, len(self.times) - 2)  # time steps warmup+1 .. last
         tokens = self.tokens[-1] - self.tokens[start]
         seconds = self.times[-1] - self.times[start]
-        return SideResult(side=side, tokens_per_second=tokens / seconds, peak_memory_bytes=_rss()[1],
+        peak = _memory(str(self.device))[1]
+        return SideResult(side=side, tokens_per_second=tokens / seconds, peak_memory_bytes=peak,
                           baseline_memory_bytes=baseline, timed_tokens=tokens, timed_seconds=seconds,
                           first_loss=self.losses[0], final_loss=self.losses[-1], trainable_params=trainable)
 
@@ -138,27 +151,29 @@ def _run_config(spec: BenchSpec):
     from .config import DataConfig, LoraConfig, QuantConfig, RunConfig, TrainConfig
 
     return RunConfig(
-        model=spec.model_dir, output_dir=str(Path(spec.work_dir) / "engine-out"), device="cpu",
+        model=spec.model_dir, output_dir=str(Path(spec.work_dir) / "engine-out"), device=spec.device,
         lora=LoraConfig(rank=spec.rank, alpha=2.0 * spec.rank, targets=spec.targets),
         quant=QuantConfig(mode=spec.quant, compute_dtype=spec.precision),
         data=DataConfig(path=spec.data_path, format="text", max_seq_len=spec.seq_len, packing=True),
         train=TrainConfig(learning_rate=spec.learning_rate, schedule="constant", max_steps=spec.steps,
-                          batch_size=spec.batch_size, precision=spec.precision, seed=spec.seed, max_grad_norm=1.0),
+                          batch_size=spec.batch_size, precision=spec.precision, seed=spec.seed, max_grad_norm=1.0,
+                          gradient_checkpointing=spec.gradient_checkpointing),
     ).validate()
 
 
 def run_engine_side(spec: BenchSpec) -> SideResult:
     """Train with this engine's public ``train()`` (call in a fresh process for a clean peak-memory number)."""
+    from .device import resolve_device
     from .trainer import train
 
     _import_libraries()
-    baseline = _rss()[0]
-    clock = _StepClock()
+    baseline = _memory(spec.device)[0]
+    clock = _StepClock(resolve_device(spec.device))
     result = train(_run_config(spec), [clock])
     return clock.result("engine", spec.warmup, result.trainable_params, baseline)
 
 
-def _peft_model(spec: BenchSpec):
+def _peft_model(spec: BenchSpec, device: torch.device):
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -170,13 +185,19 @@ def _peft_model(spec: BenchSpec):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=amp_dtype(spec.precision))
-        kwargs["device_map"] = {"": "cpu"}
+        kwargs["device_map"] = {"": str(device)}
     model = AutoModelForCausalLM.from_pretrained(spec.model_dir, **kwargs)
+    if spec.quant == "none":  # a 4-bit model is placed by its device_map (transformers refuses .to for it)
+        model = model.to(device)
     model.config.use_cache = False
     if spec.quant == "nf4":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    config = PeftLoraConfig(r=spec.rank, lora_alpha=2.0 * spec.rank, target_modules=list(spec.targets),
-                            lora_dropout=0.0)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing)
+    elif spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    all_linear = [t.lower() for t in spec.targets] == ["all-linear"]  # peft takes this one as a string
+    config = PeftLoraConfig(r=spec.rank, lora_alpha=2.0 * spec.rank, lora_dropout=0.0,
+                            target_modules="all-linear" if all_linear else list(spec.targets))
     return get_peft_model(model, config)
 
 
@@ -190,21 +211,23 @@ def run_peft_side(spec: BenchSpec) -> SideResult:
     _import_libraries()
     import peft  # noqa: F401
 
-    baseline = _rss()[0]
+    from .device import resolve_device
+
+    baseline = _memory(spec.device)[0]
+    device = resolve_device(spec.device)
     config = _run_config(spec)
     torch.manual_seed(spec.seed)
     tokenizer = load_tokenizer(spec.model_dir)
     data = prepare_data(config.data, tokenizer, spec.seed)
-    model = _peft_model(spec)
+    model = _peft_model(spec, device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
     stream = MicroBatchStream(data.train, spec.batch_size, tokenizer.pad_token_id, spec.seed)
-    clock, tokens_seen = _StepClock(), 0
-    device = torch.device("cpu")
+    clock, tokens_seen = _StepClock(device), 0
     clock.start()
     for _ in range(spec.steps):
-        batch = stream.next()
+        batch = {name: tensor.to(device) for name, tensor in stream.next().items()}
         with autocast(device, spec.precision):
             loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          labels=batch["labels"]).loss
@@ -217,15 +240,21 @@ def run_peft_side(spec: BenchSpec) -> SideResult:
     return clock.result("peft", spec.warmup, sum(p.numel() for p in params), baseline)
 
 
-def measure_matmul_peak(dtype: torch.dtype = torch.float32, size: int = 2048, seconds: float = 1.0) -> float:
-    """FLOP/s of a large square matmul, best of repeated runs for about ``seconds``."""
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
+def measure_matmul_peak(dtype: torch.dtype = torch.float32, size: int = 2048, seconds: float = 1.0,
+                        device: torch.device | None = None) -> float:
+    """FLOP/s of a large square matmul on ``device`` (CPU by default), best of repeated runs for about ``seconds``."""
+    from .device import synchronize
+
+    device = device or torch.device("cpu")
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
     torch.mm(a, b)  # warm-up
+    synchronize(device)
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         start = time.perf_counter()
         torch.mm(a, b)
+        synchronize(device)
         best = max(best, 2 * size**3 / (time.perf_counter() - start))
     return best
 
@@ -273,23 +302,6 @@ def _run_side(side: str, spec: BenchSpec) -> SideResult:
     return SideResult(**data)
 
 
-def machine_description() -> dict[str, Any]:
-    """CPU model, cores, torch/transformers versions and thread count."""
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable,
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "cuda": torch.cuda.is_available()}
-
-
 def run_benchmark(spec: BenchSpec, repeats: int = 1) -> dict[str, Any]:
     """Prepare inputs, run both sides in fresh processes, and compute ratios and MFU.
 
@@ -302,9 +314,13 @@ def run_benchmark(spec: BenchSpec, repeats: int = 1) -> dict[str, Any]:
         A JSON-ready dict: ``spec``, ``machine``, ``peak_flops``, ``flops_per_token``, ``sides`` and ``ratios``
         (engine ÷ peft).
     """
-    peak = {"fp32": measure_matmul_peak(torch.float32)}
-    if spec.precision == "bf16":
-        peak["bf16"] = measure_matmul_peak(torch.bfloat16)
+    from .device import resolve_device
+
+    device = resolve_device(spec.device)
+    peak = {"fp32": measure_matmul_peak(torch.float32, device=device)}
+    if spec.precision == "bf16":  # a CPU without bf16 instructions emulates it slowly: a smaller matmul will do
+        peak["bf16"] = measure_matmul_peak(torch.bfloat16, size=2048 if device.type == "cuda" else 1024,
+                                           device=device)
     with tempfile.TemporaryDirectory(prefix="lora-bench-") as tmp:
         spec = prepare_inputs(spec, Path(tmp))
         runs: dict[str, list[SideResult]] = {side: [] for side in SIDES}
@@ -331,37 +347,13 @@ def run_benchmark(spec: BenchSpec, repeats: int = 1) -> dict[str, Any]:
             "sides": {name: asdict(r) for name, r in sides.items()}, "ratios": ratios}
 
 
-def format_markdown(report: dict[str, Any]) -> str:
-    """The report as a Markdown section (machine, setting, a table per side, ratios)."""
-    mib = 1024**2
-    m, s, sides = report["machine"], report["spec"], report["sides"]
-    lines = [
-        "# LoRA training benchmark: lora_engine vs peft + torch loop", "",
-        f"Machine: {m['cpu']}, {m['usable_cores']} usable of {m['logical_cores']} logical cores, "
-        f"torch {m['torch']} ({m['torch_threads']} threads), transformers {m['transformers']}, "
-        f"Python {m['python']}, CUDA: {m['cuda']}.", "",
-        f"Setting: Llama d={s['hidden_size']} L={s['layers']} vocab={s['vocab_size']}, rank {s['rank']}, targets "
-        f"{','.join(s['targets'])}, quant {s['quant']}, precision {s['precision']}, batch {s['batch_size']} × "
-        f"seq {s['seq_len']}, {s['steps']} AdamW steps ({s['warmup']} untimed).", "",
-        f"Measured matmul peak: {report['peak_flops']['fp32'] / 1e9:.1f} GFLOP/s fp32"
-        + (f", {report['peak_flops']['bf16'] / 1e9:.1f} GFLOP/s bf16" if "bf16" in report["peak_flops"] else "")
-        + f"; model FLOPs per token: {report['flops_per_token'] / 1e6:.1f} M.", "",
-        "| side | tokens/s | peak RSS (MiB) | RSS growth (MiB) | MFU (vs fp32 peak) | first loss | final loss |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for name, r in sides.items():
-        growth = (r["peak_memory_bytes"] - r["baseline_memory_bytes"]) / mib
-        lines.append(f"| {name} | {r['tokens_per_second']:.0f} | {r['peak_memory_bytes'] / mib:.0f} | {growth:.0f} | "
-                     f"{100 * r['mfu']:.1f} % | {r['first_loss']:.3f} | {r['final_loss']:.3f} |")
-    ratios = report["ratios"]
-    lines += ["", f"Engine ÷ peft: tokens/s ×{ratios['tokens_per_second']:.2f}, peak RSS ×{ratios['peak_memory']:.2f}, "
-              f"RSS growth ×{ratios['memory_growth']:.2f}.", ""]
-    return "\n".join(lines)
-
-
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = BenchSpec()
     p = argparse.ArgumentParser(prog="python -m lora_engine.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (lora_engine.device)")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="torch threads in both sides' processes and the peak measurement (0: torch's default)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="on both sides")
     p.add_argument("--precision", choices=("fp32", "bf16"), default=d.precision)
     p.add_argument("--rank", type=int, default=d.rank)
     p.add_argument("--targets", default=",".join(d.targets), help="comma-separated module names, or all-linear")
@@ -372,6 +364,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--hidden-size", type=int, default=d.hidden_size)
     p.add_argument("--layers", type=int, default=d.layers)
+    p.add_argument("--intermediate-size", type=int, default=None,
+                   help="MLP width (default: 2.6875 × hidden size, which gives 688 at 256, 1376 at 512)")
+    p.add_argument("--heads", type=int, default=d.heads)
     p.add_argument("--repeats", type=int, default=1, help="alternate the sides this many times; keep the fastest")
     p.add_argument("--markdown", default=None, help="also write the results as Markdown to this file")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
@@ -389,14 +384,22 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("ignore")
         spec_data = json.loads(args.spec)
         spec = BenchSpec(**{**spec_data, "targets": tuple(spec_data["targets"])})
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
         result = run_engine_side(spec) if args.worker == "engine" else run_peft_side(spec)
         print(json.dumps(asdict(result)))
         return 0
     from .config import parse_targets
+    from .device import resolve_device
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    intermediate = args.intermediate_size or round(args.hidden_size * 2.6875 / 8) * 8
     spec = BenchSpec(precision=args.precision, rank=args.rank, targets=parse_targets(args.targets), quant=args.quant,
                      seq_len=args.seq_len, steps=args.steps, warmup=min(args.warmup, max(0, args.steps - 2)),
-                     batch_size=args.batch_size, hidden_size=args.hidden_size, layers=args.layers)
+                     batch_size=args.batch_size, hidden_size=args.hidden_size, layers=args.layers,
+                     heads=args.heads, intermediate_size=intermediate, threads=args.threads,
+                     device=str(resolve_device(args.device)), gradient_checkpointing=args.gradient_checkpointing)
     report = run_benchmark(spec, repeats=args.repeats)
     text = format_markdown(report)
     print(json.dumps(report, indent=2) if args.json else text)

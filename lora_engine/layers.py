@@ -20,6 +20,7 @@ from torch.nn.functional import dropout, linear
 from transformers.pytorch_utils import Conv1D
 
 from .errors import LoraEngineError
+from .fused_lora import fused_lora_linear
 
 LINEAR, CONV1D, NF4, INT8 = "linear", "conv1d", "nf4", "int8"
 QUANTIZED_KINDS = (NF4, INT8)
@@ -145,6 +146,9 @@ class LoRALinear(nn.Module):
         TypeError: ``base_layer`` is not a supported linear layer.
     """
 
+    fused: bool = True
+    """Use the one-node forward/backward of :mod:`.fused_lora` where it applies (False: plain autograd)."""
+
     def __init__(
         self,
         base_layer: nn.Module,
@@ -188,7 +192,34 @@ class LoRALinear(nn.Module):
             x = x.to(self.lora_A.dtype)
         return x
 
+    def _fused_dtype(self, x: Tensor) -> torch.dtype | None:
+        """The compute dtype of the one-node path (:mod:`.fused_lora`), or None when it does not apply.
+
+        It covers plain and 4-bit bases without active dropout, in the dtype the base layer itself would
+        compute in; anything else (Conv1D, int8, dropout, a trainable bias, mixed dtypes) takes the plain path.
+        """
+        if not self.fused or self.kind not in (LINEAR, NF4) or (self.dropout_p > 0 and self.training):
+            return None
+        bias = self.base_layer.bias
+        if bias is not None and bias.requires_grad:
+            return None
+        if torch.is_autocast_enabled(x.device.type):
+            return torch.get_autocast_dtype(x.device.type)
+        if self.kind == NF4:
+            return self.base_layer.compute_dtype or x.dtype
+        same = x.dtype == self.lora_A.dtype == self.lora_B.dtype == self.base_layer.weight.dtype
+        return x.dtype if same else None
+
+    def _base_weight_fn(self, dtype: torch.dtype) -> Tensor:
+        return base_weight_float(self.base_layer, dtype)
+
     def forward(self, x: Tensor) -> Tensor:
+        if not self.merged:
+            dtype = self._fused_dtype(x)
+            if dtype is not None:
+                out = fused_lora_linear(x, self.lora_A, self.lora_B, self.base_layer.bias, self._base_weight_fn,
+                                        self.scaling, dtype)
+                return out.to(x.dtype) if self.kind == NF4 else out  # bitsandbytes returns the input's dtype
         result = self.base_layer(x)
         if self.merged:
             return result

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import json
+from dataclasses import asdict, replace
 
 import pytest
+import torch
 
 from lora_engine.bench import (
     BenchSpec,
     flops_per_token,
     format_markdown,
+    main,
     prepare_inputs,
     run_engine_side,
     run_peft_side,
 )
+from lora_engine.bench_report import summary_markdown
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +37,24 @@ def test_both_sides_train_the_same_model_on_the_same_batches(spec):
         assert side.peak_memory_bytes >= side.baseline_memory_bytes > 0
 
 
+def test_all_linear_with_gradient_checkpointing_is_the_same_run_on_both_sides(spec):
+    spec = replace(spec, targets=("all-linear",), rank=4, gradient_checkpointing=True)
+    engine, peft = run_engine_side(spec), run_peft_side(spec)
+    # q 64+64, k,v 64+32, o 64+64, gate,up 64+128, down 128+64, all times rank 4
+    assert engine.trainable_params == peft.trainable_params == 4 * (128 + 96 * 2 + 128 + 192 * 3)
+    assert engine.first_loss == pytest.approx(peft.first_loss, rel=1e-4)
+    assert engine.final_loss == pytest.approx(peft.final_loss, rel=1e-2)
+
+
+def test_a_worker_process_uses_the_thread_count_of_the_spec(spec, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    spec_json = json.dumps(asdict(replace(spec, threads=1, steps=2, warmup=0)))
+    assert main(["--worker", "engine", "--spec", spec_json]) == 0
+    assert calls == [1]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["timed_tokens"] == 2 * 2 * 32
+
+
 def test_flops_and_report(spec):
     trainable = 1920
     per_token = flops_per_token(spec, trainable)
@@ -50,3 +72,5 @@ def test_flops_and_report(spec):
     }
     text = format_markdown(report)
     assert "Test CPU" in text and "| engine | 100 | 300 | 100 | 5.0 % |" in text and "tokens/s ×2.00" in text
+    summary = summary_markdown([report])
+    assert "| LoRA fp32 r8 q_proj,v_proj, d=64 L=1, 2×32 | 100 / 50 | ×2.00 ✓ | ×1.00 | 5.0 % |" in summary
