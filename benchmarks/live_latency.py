@@ -1,9 +1,10 @@
 """Step end → websocket client latency, with 1, 10 and 100 watchers (a benchmark, not a test).
 
-The path measured is the real one: the worker's recorder (worker.recorder.JobRecorder: buffer → batched
-PostgreSQL write → webapp.jobs.events.emit_metrics) → channels_redis → daphne → ``ws/jobs/<id>/`` →
+The path measured is the real one: the worker's recorder (worker.recorder.JobRecorder: the point numbered and
+handed to its live pusher → webapp.jobs.events.emit_metrics, while the batched PostgreSQL writes go on beside
+it) → channels_redis → daphne → ``ws/jobs/<id>/`` →
 a websocket client. A second run leaves the recorder out (emit_metrics called directly at step end) to
-show what the database write adds. Each latency is measured from the moment the trainer hands the step
+show what the recorder adds. Each latency is measured from the moment the trainer hands the step
 to the recorder (``on_step``) to the moment a client has parsed the point; the clients run in this process,
 so both ends read the same clock.
 
@@ -39,7 +40,7 @@ django.setup()
 
 import websockets  # noqa: E402
 
-from lora_engine.callbacks import StepMetrics  # noqa: E402
+from lora_engine.callbacks import RunInfo, StepMetrics  # noqa: E402
 from tests.support.processes import start_asgi_server  # noqa: E402
 from webapp.accounts.keys import create_api_key  # noqa: E402
 from webapp.jobs import events  # noqa: E402
@@ -80,6 +81,8 @@ class Producer:
 
             lease = claim_job(self.job.id, new_lease_owner())
             recorder = JobRecorder(lease).start()
+            recorder.on_train_start(RunInfo(total_steps=self.steps, start_step=0, trainable_params=1, total_params=1,
+                                            adapter_bytes=1, train_rows=1, eval_rows=0, device="cpu"))
         interval = 1.0 / self.rate
         next_at = time.perf_counter()
         for step in range(1, self.steps + 1):
