@@ -47,6 +47,7 @@ from webapp.jobs import events  # noqa: E402
 from webapp.jobs.models import Job  # noqa: E402
 
 POLL_INTERVAL_MS = 2000.0
+CONCURRENT_HANDSHAKES = 10
 
 
 def make_job(user) -> Job:
@@ -99,10 +100,12 @@ class Producer:
 
 
 async def watcher(url: str, origin: str, steps: int, ready: asyncio.Event, arrivals: list[tuple[int, float]],
-                  connected: list[int]) -> None:
-    async with websockets.connect(url, origin=origin, max_size=None, open_timeout=30) as socket:
+                  connected: list[int], handshakes: asyncio.Semaphore) -> None:
+    async with handshakes:
+        socket = await websockets.connect(url, origin=origin, max_size=None, open_timeout=30)
         json.loads(await socket.recv())  # the state sent on connect: the socket has joined the group
-        connected.append(1)
+    connected.append(1)
+    try:
         await ready.wait()
         seen = 0
         while seen < steps:
@@ -113,6 +116,8 @@ async def watcher(url: str, origin: str, steps: int, ready: asyncio.Event, arriv
                     if point["split"] == "train":
                         arrivals.append((point["step"], now))
                         seen += 1
+    finally:
+        await socket.close()
 
 
 async def measure(base_url: str, key: str, job: Job, watchers: int, steps: int, rate: float,
@@ -121,7 +126,11 @@ async def measure(base_url: str, key: str, job: Job, watchers: int, steps: int, 
     arrivals: list[tuple[int, float]] = []
     connected: list[int] = []
     ready = asyncio.Event()
-    tasks = [asyncio.create_task(watcher(url, base_url, steps, ready, arrivals, connected)) for _ in range(watchers)]
+    # daphne drops a socket its application has not accepted within 5 s; on a loaded 2-core box 100 handshakes
+    # at once (each authenticating against the database) take longer than that, so they go in waves
+    handshakes = asyncio.Semaphore(CONCURRENT_HANDSHAKES)
+    tasks = [asyncio.create_task(watcher(url, base_url, steps, ready, arrivals, connected, handshakes))
+             for _ in range(watchers)]
     while len(connected) < watchers:
         await asyncio.sleep(0.05)
         for task in tasks:
