@@ -1,9 +1,10 @@
 """Step end → websocket client latency, with 1, 10 and 100 watchers (a benchmark, not a test).
 
-The path measured is the real one: the worker's recorder (worker.recorder.JobRecorder: buffer → batched
-PostgreSQL write → webapp.jobs.events.emit_metrics) → channels_redis → daphne → ``ws/jobs/<id>/`` →
+The path measured is the real one: the worker's recorder (worker.recorder.JobRecorder: the point numbered and
+handed to its live pusher → webapp.jobs.events.emit_metrics, while the batched PostgreSQL writes go on beside
+it) → channels_redis → daphne → ``ws/jobs/<id>/`` →
 a websocket client. A second run leaves the recorder out (emit_metrics called directly at step end) to
-show what the database write adds. Each latency is measured from the moment the trainer hands the step
+show what the recorder adds. Each latency is measured from the moment the trainer hands the step
 to the recorder (``on_step``) to the moment a client has parsed the point; the clients run in this process,
 so both ends read the same clock.
 
@@ -39,13 +40,14 @@ django.setup()
 
 import websockets  # noqa: E402
 
-from lora_engine.callbacks import StepMetrics  # noqa: E402
+from lora_engine.callbacks import RunInfo, StepMetrics  # noqa: E402
 from tests.support.processes import start_asgi_server  # noqa: E402
 from webapp.accounts.keys import create_api_key  # noqa: E402
 from webapp.jobs import events  # noqa: E402
 from webapp.jobs.models import Job  # noqa: E402
 
 POLL_INTERVAL_MS = 2000.0
+CONCURRENT_HANDSHAKES = 10
 
 
 def make_job(user) -> Job:
@@ -80,6 +82,8 @@ class Producer:
 
             lease = claim_job(self.job.id, new_lease_owner())
             recorder = JobRecorder(lease).start()
+            recorder.on_train_start(RunInfo(total_steps=self.steps, start_step=0, trainable_params=1, total_params=1,
+                                            adapter_bytes=1, train_rows=1, eval_rows=0, device="cpu"))
         interval = 1.0 / self.rate
         next_at = time.perf_counter()
         for step in range(1, self.steps + 1):
@@ -96,10 +100,12 @@ class Producer:
 
 
 async def watcher(url: str, origin: str, steps: int, ready: asyncio.Event, arrivals: list[tuple[int, float]],
-                  connected: list[int]) -> None:
-    async with websockets.connect(url, origin=origin, max_size=None, open_timeout=30) as socket:
+                  connected: list[int], handshakes: asyncio.Semaphore) -> None:
+    async with handshakes:
+        socket = await websockets.connect(url, origin=origin, max_size=None, open_timeout=30)
         json.loads(await socket.recv())  # the state sent on connect: the socket has joined the group
-        connected.append(1)
+    connected.append(1)
+    try:
         await ready.wait()
         seen = 0
         while seen < steps:
@@ -110,6 +116,8 @@ async def watcher(url: str, origin: str, steps: int, ready: asyncio.Event, arriv
                     if point["split"] == "train":
                         arrivals.append((point["step"], now))
                         seen += 1
+    finally:
+        await socket.close()
 
 
 async def measure(base_url: str, key: str, job: Job, watchers: int, steps: int, rate: float,
@@ -118,7 +126,11 @@ async def measure(base_url: str, key: str, job: Job, watchers: int, steps: int, 
     arrivals: list[tuple[int, float]] = []
     connected: list[int] = []
     ready = asyncio.Event()
-    tasks = [asyncio.create_task(watcher(url, base_url, steps, ready, arrivals, connected)) for _ in range(watchers)]
+    # daphne drops a socket its application has not accepted within 5 s; on a loaded 2-core box 100 handshakes
+    # at once (each authenticating against the database) take longer than that, so they go in waves
+    handshakes = asyncio.Semaphore(CONCURRENT_HANDSHAKES)
+    tasks = [asyncio.create_task(watcher(url, base_url, steps, ready, arrivals, connected, handshakes))
+             for _ in range(watchers)]
     while len(connected) < watchers:
         await asyncio.sleep(0.05)
         for task in tasks:

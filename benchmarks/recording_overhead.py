@@ -176,6 +176,8 @@ def _runs(results: list[dict]) -> str:
 
 
 def summarize(report: dict, args: argparse.Namespace) -> tuple[list[str], str]:
+    from worker.recorder import WRITE_EVERY_SECONDS
+
     runs = report["runs"]
     bare_tps = median([r["tokens_per_second"] for r in runs["bare"]])
     worker_tps = median([r["tokens_per_second"] for r in runs["worker"]])
@@ -204,7 +206,8 @@ def summarize(report: dict, args: argparse.Namespace) -> tuple[list[str], str]:
         machine_markdown(),
         f"A Llama of hidden size {args.hidden_size} × {args.layers} layers (vocab 512), LoRA rank 8 on q_proj,v_proj, "
         f"micro-batch {args.batch_size} × up to {args.seq_len} tokens, {args.steps} AdamW steps "
-        f"(≈{step_ms:.0f} ms each, so the recorder writes about every {max(50.0, step_ms):.0f} ms), "
+        f"(≈{step_ms:.0f} ms each; the recorder pushes every step live and writes the database every "
+        f"{WRITE_EVERY_SECONDS:g} s), "
         f"{args.threads} torch thread(s) per side; {args.repeats} timed runs per side, alternating, after one "
         "untimed warm-up each. Tokens/s = the TrainResult's tokens ÷ training-loop seconds.",
         table(["side", "median tokens/s", "runs", "ratio"], rows, "lrrr"),

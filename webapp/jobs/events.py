@@ -3,7 +3,9 @@
 The database is the truth; the websocket is only the fast path. So every function here is best-effort:
 it never raises (Redis down, a slow network, a full channel) — it logs and drops, and the page catches up
 from the database (a gap in ``seq`` makes it refetch). Call the ``emit_*`` functions after the write has
-committed (``transaction.on_commit`` or :func:`on_commit`).
+committed (``transaction.on_commit`` or :func:`on_commit`). One exception: a training job's lease holder pushes
+its metric points as they happen, numbered by itself, and stores them with those numbers within a second or
+so (worker.live); a page that saw a point the database does not have yet refetches until it does.
 
 Groups:
 - ``job-<id>``: everyone watching one job (the job page): metric points, state, events.
@@ -116,8 +118,8 @@ def emit_metrics(job_id: Any, points: Iterable[Any]) -> bool:
 
     Args:
         job_id: the job.
-        points: dicts ``{"seq", "step", "split", "values"}`` (or MetricPoint rows), in seq order, already
-            committed to the database.
+        points: dicts ``{"seq", "step", "split", "values"}`` (or MetricPoint rows), in seq order, committed to
+            the database or about to be stored with exactly those numbers by the job's lease holder.
     """
     try:
         payload = [point_dict(p) for p in points]

@@ -105,10 +105,11 @@ def record_run_info(lease: Lease, info: Any, device_name: str) -> Job | None:
 
 def record_metric_points(lease: Lease, points: list[dict[str, Any]],
                          progress: dict[str, Any] | None) -> tuple[list[dict[str, Any]], Job | None]:
-    """Store step/eval records with the next sequence numbers, once per (step, split), and the job's progress.
+    """Store step/eval records, once per (step, split), with their sequence numbers, and the job's progress.
 
     Args:
-        points: ``{"step", "split", "values"}`` in the order they happened.
+        points: ``{"step", "split", "values"}`` in the order they happened. A point that carries a ``seq`` (the
+            lease holder numbered it to push it live before storing it) keeps it; the others get the next ones.
         progress: the newest train step's fields: current_step, total_steps, eta_seconds, tokens_seen,
             peak_memory_bytes.
 
@@ -129,10 +130,10 @@ def record_metric_points(lease: Lease, points: list[dict[str, Any]],
             if key in seen:
                 continue
             seen.add(key)
-            job.last_seq += 1
-            stored.append({"seq": job.last_seq, "step": point["step"], "split": point["split"],
-                           "values": point["values"]})
-            rows.append(MetricPoint(job=job, seq=job.last_seq, step=point["step"], split=point["split"],
+            seq = point.get("seq") or job.last_seq + 1
+            job.last_seq = max(job.last_seq, seq)
+            stored.append({"seq": seq, "step": point["step"], "split": point["split"], "values": point["values"]})
+            rows.append(MetricPoint(job=job, seq=seq, step=point["step"], split=point["split"],
                                     values=point["values"]))
         MetricPoint.objects.bulk_create(rows, ignore_conflicts=True)
         _log_points(job, stored, (progress or {}).get("total_steps") or job.total_steps or 0)
@@ -148,6 +149,12 @@ def record_metric_points(lease: Lease, points: list[dict[str, Any]],
             fields += [*progress, "progress"]
         job.save(update_fields=fields)
     return stored, job
+
+
+def stored_point_keys(lease: Lease, after_step: int) -> set[tuple[int, str]]:
+    """The (step, split) of the job's stored points after ``after_step``: what a resumed run replays but must not
+    store (nor push) again."""
+    return set(MetricPoint.objects.filter(job_id=lease.job_id, step__gt=after_step).values_list("step", "split"))
 
 
 def _log_points(job: Job, stored: list[dict[str, Any]], total_steps: int) -> None:
