@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .config import LoraConfig
-from .errors import AdapterFormatError, LoraEngineError
+from .errors import AdapterFormatError, LoraEngineError, disk_full_as_error
 from .inject import find_linear_layers, lora_layers, wrap_layers
 from .layers import CONV1D, layer_features
 from .safefile import check_safetensors_header
@@ -132,12 +132,6 @@ def _check_layers_match(model: nn.Module, lora: LoraConfig) -> None:
                                   "was built from")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def save_adapter(
     model: nn.Module,
     lora: LoraConfig,
@@ -159,18 +153,29 @@ def save_adapter(
 
     Raises:
         LoraEngineError: the model has no LoRA layers, or they do not match ``lora``.
+        DiskFullError: the disk filled up; no file was replaced and no temporary file is left.
     """
     _check_layers_match(model, lora)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {key: t.to("cpu").contiguous() for key, t in adapter_state_dict(model).items()}
-    tmp_weights = out / (WEIGHTS_NAME + ".tmp")
-    save_file(tensors, str(tmp_weights), metadata={"format": "pt"})
-    os.replace(tmp_weights, out / WEIGHTS_NAME)
     config = _peft_config(model, lora, base_model_name_or_path)
-    _write_atomic(out / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True).encode())
-    args_text = json.dumps(training_args or {}, indent=2, sort_keys=True, default=str)
-    _write_atomic(out / TRAINING_ARGS_NAME, args_text.encode())
+    texts = {CONFIG_NAME: json.dumps(config, indent=2, sort_keys=True),
+             TRAINING_ARGS_NAME: json.dumps(training_args or {}, indent=2, sort_keys=True, default=str)}
+    temps = {name: out / (name + ".tmp") for name in (WEIGHTS_NAME, *texts)}
+    # Every file is written beside its final name first and only then renamed (which needs no space), so a
+    # failed save leaves the earlier adapter whole, or no adapter, never a mix or a truncated file.
+    try:
+        with disk_full_as_error("the adapter"):
+            save_file(tensors, str(temps[WEIGHTS_NAME]), metadata={"format": "pt"})
+            for name, text in texts.items():
+                temps[name].write_text(text)
+    except BaseException:
+        for temp in temps.values():
+            temp.unlink(missing_ok=True)
+        raise
+    for name, temp in temps.items():
+        os.replace(temp, out / name)
     return out
 
 

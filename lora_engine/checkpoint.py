@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, disk_full_as_error
 
 CHECKPOINTS_DIRNAME = "checkpoints"
 COMPLETE_MARKER = "COMPLETE"
@@ -155,29 +155,43 @@ def save_checkpoint(
 
     Returns:
         The checkpoint directory.
+
+    Raises:
+        DiskFullError: the disk filled up; the half-written checkpoint was deleted (older ones are kept).
     """
     root = checkpoints_dir(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{_PREFIX}{state.step:06d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    if scaler is not None and scaler.is_enabled():
-        torch.save(scaler.state_dict(), tmp / "scaler.pt")
-    torch.save(_rng_state(device), tmp / "rng.pt")
-    (tmp / "scheduler.json").write_text(json.dumps(scheduler_state, indent=2))
-    trainer_state = {"state": state.to_dict(), "config": config, "python_rng": _python_rng_to_json()}
-    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
-    if save_adapter_fn is not None:
-        save_adapter_fn(model, tmp)
-    (tmp / COMPLETE_MARKER).write_text(f"{state.step}\n")
+    try:
+        with disk_full_as_error(f"the checkpoint at step {state.step}"):
+            tmp.mkdir()
+            save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+            _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
+            if scaler is not None and scaler.is_enabled():
+                _torch_save(scaler.state_dict(), tmp / "scaler.pt")
+            _torch_save(_rng_state(device), tmp / "rng.pt")
+            (tmp / "scheduler.json").write_text(json.dumps(scheduler_state, indent=2))
+            trainer_state = {"state": state.to_dict(), "config": config, "python_rng": _python_rng_to_json()}
+            (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
+            if save_adapter_fn is not None:
+                save_adapter_fn(model, tmp)
+            (tmp / COMPLETE_MARKER).write_text(f"{state.step}\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint gives its space back at once
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     prune_checkpoints(output_dir, keep)
     return final
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    # Through a Python file object, so a failed write keeps its OSError (ENOSPC) as the error's context.
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def prune_checkpoints(output_dir: str | Path, keep: int) -> None:

@@ -6,7 +6,13 @@ for people (what went wrong and what to do next); callers (CLI, worker, web app)
 
 from __future__ import annotations
 
+import errno
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class LoraEngineError(Exception):
@@ -80,3 +86,49 @@ class CheckpointError(LoraEngineError):
 
 class MergeError(LoraEngineError):
     """An adapter cannot be merged into the base model (or the output directory is in the way)."""
+
+
+class DiskFullError(LoraEngineError):
+    """A file could not be written because the disk (or the user's quota) is full; nothing half-written was kept."""
+
+
+def disk_full_message(what: str) -> str:
+    """The message for people when ``what`` (e.g. "the checkpoint at step 40") could not be written."""
+    return (f"The server's disk is full: {what} could not be written (nothing half-written was kept). Free space "
+            "in the data directory — delete old jobs, merged models or data sets you no longer need, or ask the "
+            "administrator for more — then try again.")
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it was raised from or during, is ENOSPC/EDQUOT.
+
+    torch.save reports a failed write as a RuntimeError raised during the OSError (its ``__context__``), and
+    safetensors as its own error whose message carries the system's "No space left on device".
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DiskFullError):
+            return True
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(os.strerror(code) in str(exc) for code in DISK_FULL_ERRNOS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@contextmanager
+def disk_full_as_error(what: str) -> Iterator[None]:
+    """Turn a disk-full failure inside the block into a :class:`DiskFullError` naming ``what`` (the outermost
+    block names it: a checkpoint, rather than the adapter files inside it).
+
+    Raises:
+        DiskFullError: a write in the block failed for lack of space.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise DiskFullError(disk_full_message(what)) from exc
+        raise

@@ -30,8 +30,10 @@ sys.path.insert(0, str(ROOT))
 from tests.reliability.results import results_dir  # noqa: E402
 
 WORKER_FAULT_TESTS = ["tests/worker/test_training_jobs.py", "tests/worker/test_redis_restart.py",
-                      "tests/worker/test_worker_startup.py", "tests/worker/test_merge_task.py"]
-WORKER_FAULT_FILTER = "killed or redis or database or twice or unsafe or cancel"
+                      "tests/worker/test_worker_startup.py", "tests/worker/test_merge_task.py",
+                      "tests/worker/test_web_server_restart.py", "tests/worker/test_postgres_restart.py",
+                      "tests/worker/test_disk_full.py"]
+WORKER_FAULT_FILTER = "killed or redis or database or twice or unsafe or cancel or restart or disk"
 
 # What the fault-injection tests in tests/worker inject and what must hold (their names say the rest).
 FAULTS = {
@@ -53,6 +55,18 @@ FAULTS = {
         ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 in the worker's environment", "the worker refuses to start"),
     "test_a_merge_survives_a_killed_worker_and_is_downloadable":
         ("SIGKILL to the worker during a merge", "the merge is retried; no half-written model is offered"),
+    "test_a_restarted_web_server_loses_no_point_on_a_watching_page":
+        ("SIGKILL to daphne while Chromium watches a training job; started again on its port a few seconds later",
+         "the page reconnects by itself; its chart holds every step exactly once (the missed ones refetched)"),
+    "test_a_postgres_restart_mid_training_loses_no_step":
+        ("a private PostgreSQL cluster stopped (fast shutdown) mid-training and started again seconds later",
+         "the worker retries its writes; the job succeeds on its first attempt with every step stored once"),
+    "test_an_upload_to_a_full_disk_is_refused_and_nothing_is_kept":
+        ("a 64 KiB tmpfs as DATA_DIR under /v1/files (in memory and spooled) and the pages' chunked upload",
+         "507 saying the disk is full; no data set row, no partial file; the next upload that fits is stored"),
+    "test_a_full_disk_at_checkpoint_or_adapter_save_fails_the_job_cleanly":
+        ("tiny tmpfs mounts under two jobs' output directories: full at the first checkpoint, full at the adapter",
+         "both jobs fail with a 'disk is full' message, no half-written checkpoint or adapter; the next job succeeds"),
 }
 
 
@@ -184,16 +198,21 @@ def render_fuzz(section: dict | None) -> list[str]:
     return lines
 
 
-def render_tests(cases: list[dict]) -> list[str]:
+def render_tests(cases: list[dict], fault_figures: dict | None = None) -> list[str]:
     lines = ["## Fault injection and the suite's tests", ""]
     if not cases:
         return lines + ["_No junit results: run with `--run` (and `--worker` for the fault-injection tests)._", ""]
     faults = [c for c in cases if c["base"] in FAULTS]
+    # figures the fault tests measured (tests.reliability.results, section "fault_figures"), by test name
+    figures = {e["test"]: e["figures"] for e in (fault_figures or {}).get("entries", [])}
     if faults:
-        lines += ["| fault test | injected | what held | result | seconds |", "| --- | --- | --- | --- | --- |"]
+        lines += ["| fault test | injected | what held | figures | result | seconds |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for case in faults:
             injected, held = FAULTS[case["base"]]
-            lines.append(f"| `{case['name']}` | {injected} | {held} | {case['outcome']} | {case['seconds']:.1f} |")
+            measured = "; ".join(f"{k}: {v}" for k, v in figures.get(case["base"], {}).items()) or "–"
+            lines.append(f"| `{case['name']}` | {injected} | {held} | {_cell(measured, 300)} | {case['outcome']} | "
+                         f"{case['seconds']:.1f} |")
         lines.append("")
     counts = Counter(c["outcome"] for c in cases)
     lines += ["All tests in the junit results: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) +
@@ -221,7 +240,8 @@ def render(directory: Path) -> str:
               "`python scripts/reliability_report.py --run --worker`.", "",
               f"Results from {written[0] if written else '?'} to {written[-1] if written else '?'}.", ""]
     body = (render_bad_input(sections.get("bad_input")) + render_access(sections)
-            + render_security(sections.get("security")) + render_fuzz(sections.get("fuzz")) + render_tests(cases))
+            + render_security(sections.get("security")) + render_fuzz(sections.get("fuzz"))
+            + render_tests(cases, sections.get("fault_figures")))
     return "\n".join(header + body).rstrip() + "\n"
 
 

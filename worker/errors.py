@@ -5,7 +5,7 @@ from __future__ import annotations
 import traceback
 
 from lora_engine.config import RunConfig
-from lora_engine.errors import LoraEngineError, TrainingOutOfMemory
+from lora_engine.errors import LoraEngineError, TrainingOutOfMemory, disk_full_message, is_disk_full
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -41,6 +41,8 @@ def describe_failure(exc: BaseException, config: RunConfig | None = None) -> tup
     technical = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     if _is_out_of_memory(exc):
         return technical, out_of_memory_message(config)
+    if is_disk_full(exc) and not isinstance(exc, LoraEngineError):  # a write outside the engine's own saves
+        return technical, disk_full_message("the job's files")
     if isinstance(exc, LoraEngineError):
         return technical, str(exc)  # the engine's messages are written for people and say what to do next
     return technical, (f"Training stopped because of an internal error ({type(exc).__name__}). The administrator "

@@ -72,7 +72,7 @@
         offset = answer.received; retries = 0;
       } catch (err) {
         const expected = err.body && err.body.error ? err.body.error.expected_offset : undefined;
-        if ((err.status === 0 || err.status === 409 || err.status >= 500) && retries < MAX_RETRIES) {
+        if ((err.status === 0 || err.status === 409 || (err.status >= 500 && err.status !== 507)) && retries < MAX_RETRIES) {
           retries += 1;
           if (expected !== undefined) offset = expected;
           await new Promise((r) => setTimeout(r, 500 * retries));

@@ -27,7 +27,7 @@
   let gapTimer = null, refetching = false, historyLoaded = false;
   let xMode = "step";
   let state = root.dataset.state;
-  let ws = null, retries = 0, stopped = false;
+  let ws = null, retries = 0, stopped = false, connections = 0;
   let lastEventId = Number(root.dataset.lastEventId) || 0;
 
   const num = (v) => (typeof v === "number" && isFinite(v) ? v : null);
@@ -142,6 +142,7 @@
     ws = new WebSocket(Studio.wsUrl(root.dataset.wsPath));
     ws.onopen = () => {
       retries = 0;
+      connections += 1;
       setLive(true);
       ws.send(JSON.stringify({ type: "resume", after_seq: lastSeq }));
       fetchLog();
@@ -162,7 +163,7 @@
         return;
       }
       retries += 1;
-      setTimeout(connect, Math.min(30000, 500 * 2 ** Math.min(retries, 6)));
+      setTimeout(connect, Studio.reconnectDelay(retries));
     };
   }
 
@@ -321,7 +322,11 @@
 
   const eta = $('[data-field="eta"]');
   if (eta.textContent !== "–" && eta.textContent !== "") eta.textContent = Studio.formatDuration(Number(eta.textContent));
-  window.LoraStudioJob = { get lastSeq() { return lastSeq; }, get trainPoints() { return train.step.length; }, jobId };
+  // For tests and the console: what the charts hold (steps as drawn) and how often the socket (re)connected.
+  window.LoraStudioJob = {
+    get lastSeq() { return lastSeq; }, get trainPoints() { return train.step.length; },
+    get trainSteps() { return train.step.slice(); }, get connections() { return connections; }, jobId,
+  };
   buildCharts();
   loadHistory();
 })();

@@ -44,7 +44,7 @@
     ws.onclose = (event) => {
       if (event.code === 4401) return;
       retries += 1;
-      setTimeout(connect, Math.min(30000, 500 * 2 ** Math.min(retries, 6)));
+      setTimeout(connect, Studio.reconnectDelay(retries));
     };
   }
   connect();

@@ -38,5 +38,11 @@ window.Studio = (function () {
   function wsUrl(path) {
     return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + path;
   }
-  return { cookie, api, formatBytes, formatDuration, wsUrl };
+  // Wait before the n-th reconnect of a websocket: doubling from 1 s up to 10 s (a restarted server is
+  // found again within 10 s), jittered so the pages of a busy install do not all knock at the same instant.
+  function reconnectDelay(retries) {
+    const ceiling = Math.min(10000, 500 * 2 ** Math.min(retries, 5));
+    return ceiling * (0.5 + Math.random() / 2);
+  }
+  return { cookie, api, formatBytes, formatDuration, wsUrl, reconnectDelay };
 })();

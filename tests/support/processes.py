@@ -83,11 +83,11 @@ class Process:
         self._log.close()
 
 
-def start_asgi_server(tmp_path: Path, **env: str) -> tuple[Process, str]:
-    """daphne on a free port; returns (process, base URL) once /healthz answers."""
-    port = free_port()
+def start_asgi_server(tmp_path: Path, port: int | None = None, **env: str) -> tuple[Process, str]:
+    """daphne on ``port`` (a free one by default); returns (process, base URL) once /healthz answers."""
+    port = port or free_port()
     proc = Process([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "webapp.asgi:application"],
-                   process_env(**env), tmp_path / f"daphne-{port}.log")
+                   process_env(**env), tmp_path / f"daphne-{port}-{time.monotonic_ns()}.log")
     base_url = f"http://127.0.0.1:{port}"
     wait_for_http(f"{base_url}/healthz", proc)
     return proc, base_url

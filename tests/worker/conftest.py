@@ -62,3 +62,11 @@ def workers(tmp_path):
         proc.kill()
         proc.stop()
         print(f"----- {proc.log_path.name} -----\n{proc.log()[-6000:]}")
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """The fault tests' figures (tests.reliability.results) for scripts/reliability_report.py."""
+    from tests.reliability import results
+
+    if results._RESULTS or results._META:
+        results.write_all()

@@ -20,7 +20,7 @@ from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
-from lora_engine.errors import LoraEngineError
+from lora_engine.errors import LoraEngineError, disk_full_message, is_disk_full
 from webapp.accounts.middleware import api_error
 from webapp.datasets.actions import DatasetRejected
 from webapp.datasets.preview import PreviewError
@@ -120,7 +120,7 @@ def error_for_exception(exc: Exception) -> ApiError | None:
     if isinstance(exc, (TooManyFieldsSent, MultiPartParserError, SuspiciousOperation)):
         return ApiError(f"The request could not be read: {exc}", code="invalid_request")
     if isinstance(exc, DatasetRejected):
-        return ApiError(str(exc), param=exc.param, code="invalid_file", problems=exc.problems)
+        return ApiError(str(exc), status=exc.status, param=exc.param, code=exc.code, problems=exc.problems)
     if isinstance(exc, JobRejected):
         return ApiError(str(exc), param=exc.param, code="invalid_job", problems=list(exc.problems))
     if isinstance(exc, ProtectedError):
@@ -131,6 +131,9 @@ def error_for_exception(exc: Exception) -> ApiError | None:
         return ApiError(str(exc), code="preview_failed")
     if isinstance(exc, LoraEngineError):
         return ApiError(str(exc), code="invalid_request")
+    if is_disk_full(exc):  # e.g. Django spooling a large multipart upload to FILE_UPLOAD_TEMP_DIR
+        return ApiError(disk_full_message("what you sent"), status=507, code="disk_full",
+                        error_type="server_error")
     return None
 
 

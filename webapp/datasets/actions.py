@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from django.conf import settings
@@ -18,7 +19,7 @@ from django.db import transaction
 from django.db.models import ProtectedError
 
 from lora_engine.data import validate_file
-from lora_engine.errors import DataError
+from lora_engine.errors import DataError, disk_full_message, is_disk_full
 from webapp.lib.storage import new_file_path, relative_to_data, remove_path, sha256_file
 
 from .models import Dataset
@@ -32,10 +33,31 @@ INCOMING_AREA = "datasets/incoming"
 class DatasetRejected(ValueError):  # noqa: N818 - the name in the team interface
     """The upload cannot become a data set. ``problems`` (line-numbered where possible) say why."""
 
+    status = 400
+    code = "invalid_file"
+
     def __init__(self, message: str, problems: list[dict] | None = None, param: str = "file"):
         super().__init__(message)
         self.problems = problems or []
         self.param = param
+
+
+class UploadDiskFull(DatasetRejected):
+    """The server's disk filled up while the upload was written; nothing of it was kept (not the client's fault)."""
+
+    status = 507
+    code = "disk_full"
+
+
+@contextmanager
+def refused_when_disk_full() -> Iterator[None]:
+    """Turn ENOSPC/EDQUOT while writing an upload into :class:`UploadDiskFull` (the caller removes the file)."""
+    try:
+        yield
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        raise UploadDiskFull(disk_full_message("the upload")) from exc
 
 
 class DatasetInUseError(ProtectedError):
@@ -152,7 +174,7 @@ def create_dataset_from_path(owner, file_name: str, temp_path: Path, data_format
 
 def _write_chunks(path: Path, chunks: Iterable[bytes]) -> tuple[int, str]:
     digest, size = hashlib.sha256(), 0
-    with open(path, "wb") as fh:
+    with refused_when_disk_full(), open(path, "wb") as fh:
         for chunk in chunks:
             size += len(chunk)
             if size > settings.MAX_UPLOAD_BYTES:

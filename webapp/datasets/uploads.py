@@ -22,7 +22,13 @@ from django.conf import settings
 from lora_engine.config import DATA_FORMATS
 from webapp.lib.storage import data_path, new_file_path, relative_to_data, remove_path
 
-from .actions import INCOMING_AREA, DatasetRejected, check_plain_file_name, create_dataset_from_path
+from .actions import (
+    INCOMING_AREA,
+    DatasetRejected,
+    check_plain_file_name,
+    create_dataset_from_path,
+    refused_when_disk_full,
+)
 from .models import Dataset
 
 CHUNK_BYTES = 4 * 1024 * 1024  # under DATA_UPLOAD_MAX_MEMORY_SIZE (5 MB)
@@ -106,7 +112,7 @@ def start_upload(session, file_name: str, size, data_format: str = "auto") -> Pe
     uploads = _uploads(session)
     while len(uploads) >= MAX_OPEN_UPLOADS:  # forget (and delete) the oldest unfinished upload
         oldest = next(iter(uploads))
-        _discard(session, oldest)
+        discard_upload(session, oldest)
     path = new_file_path(INCOMING_AREA, Path(file_name).suffix.lower())
     path.touch()
     upload = PendingUpload(path.stem, file_name, size, data_format, path)
@@ -130,6 +136,7 @@ def append_chunk(upload: PendingUpload, offset: int, stream: BinaryIO, length: i
     Raises:
         UploadConflict: ``offset`` is not where the file ends (resume from ``expected_offset``).
         DatasetRejected: the chunk would pass the declared size, or is larger than CHUNK_BYTES.
+        UploadDiskFull: the disk filled up (discard the upload: :func:`discard_upload`).
     """
     received = upload.received
     if offset != received:
@@ -139,7 +146,7 @@ def append_chunk(upload: PendingUpload, offset: int, stream: BinaryIO, length: i
         raise DatasetRejected(f"A chunk may hold at most {CHUNK_BYTES:,} bytes.", param="file")
     if received + length > upload.size:
         raise DatasetRejected(f"The chunks add up to more than the declared size of {upload.size:,} bytes.")
-    with open(upload.path, "ab") as fh:
+    with refused_when_disk_full(), open(upload.path, "ab") as fh:
         remaining = length
         while remaining > 0:
             block = stream.read(min(COPY_BYTES, remaining))
@@ -168,10 +175,11 @@ def finish_upload(session, owner, upload: PendingUpload) -> Dataset:
         session.modified = True
         return create_dataset_from_path(owner, upload.name, upload.path, upload.data_format)
     finally:
-        _discard(session, upload.upload_id)
+        discard_upload(session, upload.upload_id)
 
 
-def _discard(session, upload_id: str) -> None:
+def discard_upload(session, upload_id: str) -> None:
+    """Forget the session's pending upload and delete what arrived of it."""
     record = _uploads(session).pop(upload_id, None)
     session.modified = True
     if record is not None:

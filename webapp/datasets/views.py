@@ -19,13 +19,21 @@ from lora_engine.config import DATA_FORMATS
 from webapp.lib.owned import get_owned_or_404
 
 from . import uploads
-from .actions import DatasetInUseError, DatasetRejected, create_dataset_from_upload, delete_dataset
+from .actions import (
+    DatasetInUseError,
+    DatasetRejected,
+    UploadDiskFull,
+    create_dataset_from_upload,
+    delete_dataset,
+    refused_when_disk_full,
+)
 from .detail import detail_context
 from .models import Dataset
 
 
-def _rejected_json(exc: DatasetRejected, status: int = 400) -> JsonResponse:
+def _rejected_json(exc: DatasetRejected) -> JsonResponse:
     body = {"message": str(exc), "param": exc.param, "problems": exc.problems}
+    status = exc.status
     if isinstance(exc, uploads.UploadConflict):
         body["expected_offset"] = exc.expected_offset
         status = 409
@@ -46,8 +54,9 @@ def dataset_list(request: HttpRequest) -> HttpResponse:
 @require_POST
 def upload_form(request: HttpRequest) -> HttpResponse:
     """The page's plain form (without JavaScript): one multipart POST; Django spools big files to disk."""
-    uploaded = request.FILES.get("file")
     try:
+        with refused_when_disk_full():  # Django spools a big file to FILE_UPLOAD_TEMP_DIR while parsing
+            uploaded = request.FILES.get("file")
         if uploaded is None:
             raise DatasetRejected("Choose a file to upload.")
         data_format = request.POST.get("format", "auto")
@@ -57,7 +66,7 @@ def upload_form(request: HttpRequest) -> HttpResponse:
         dataset = create_dataset_from_upload(request.user, uploaded, data_format=data_format)
     except DatasetRejected as exc:
         context = _list_context(request, error=str(exc), problems=exc.problems)
-        return render(request, "datasets/list.html", context, status=400)
+        return render(request, "datasets/list.html", context, status=exc.status)
     messages.success(request, f"Data set {dataset.name} uploaded: {dataset.rows} rows ({dataset.format}).")
     return redirect("datasets:detail", dataset_id=dataset.id)
 
@@ -97,6 +106,10 @@ def upload_chunk(request: HttpRequest, upload_id: str) -> JsonResponse:
                                        "param": "offset", "problems": []}}, status=400)
     try:
         received = uploads.append_chunk(upload, offset, request, length)
+    except UploadDiskFull as exc:
+        uploads.discard_upload(request.session, upload.upload_id)  # no half-stored file waits for a resume
+        request.session.save()  # SessionMiddleware saves nothing on a 5xx answer
+        return _rejected_json(exc)
     except DatasetRejected as exc:
         return _rejected_json(exc)
     return JsonResponse({"id": upload.upload_id, "received": received, "size": upload.size})

@@ -120,6 +120,8 @@ WHITENOISE_AUTOREFRESH = DEBUG
 
 # Uploads stream to disk in chunks; nothing big is ever held in memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.MemoryFileUploadHandler",
+                        "webapp.lib.upload_handlers.CleanTemporaryFileUploadHandler"]
 FILE_UPLOAD_TEMP_DIR = DATA_DIR / "tmp"  # same filesystem as the data: uploads are moved into place, not copied
 FILE_UPLOAD_TEMP_DIR.mkdir(exist_ok=True)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024  # non-file request bodies (JSON API) are capped
