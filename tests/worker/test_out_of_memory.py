@@ -107,7 +107,8 @@ def test_a_job_killed_by_oom_every_time_fails_after_the_retry_cap(transactional_
     job = job_state(job)
     assert job.state == Job.State.FAILED and job.attempt == MAX_ATTEMPTS
     assert f"stopped responding {MAX_ATTEMPTS} times" in job.error_message
-    assert "out-of-memory killer" in job.error_message and "micro-batch size" in job.error_message
+    assert "out-of-memory killer" in job.error_message and "micro-batch size (now 4)" in job.error_message
+    assert "sequence length (now 32)" in job.error_message and "4-bit" in job.error_message
     assert len(claims(job.pk, *procs)) == MAX_ATTEMPTS  # one claim per attempt, none after the cap
     assert str(job.pk) not in ids_in_broker(app, TRAIN_TASK)  # nothing left that could deliver it again
     dropped = dropped_deliveries(job.pk, *procs)
