@@ -1,4 +1,4 @@
-"""Helpers for stack tests with real Celery workers: readiness, queue purging, a tiny model and data set."""
+"""Helpers for stack tests with real Celery workers: readiness, queue purging, a data set, who took a job."""
 
 from __future__ import annotations
 
