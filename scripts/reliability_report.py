@@ -69,6 +69,37 @@ FAULTS = {
          "both jobs fail with a 'disk is full' message, no half-written checkpoint or adapter; the next job succeeds"),
 }
 
+# Redelivery, out of memory and bursts: their tests also write figures (section worker_faults, rendered below).
+WORKER_FAULT_TESTS += ["tests/worker/test_redelivery.py", "tests/worker/test_out_of_memory.py",
+                       "tests/worker/test_many_jobs.py"]
+WORKER_FAULT_FILTER += " or visibility or memory or oom or burst"
+FAULTS.update({
+    "test_a_job_longer_than_the_visibility_timeout_runs_exactly_once":
+        ("a 3-minute job with a 60 s broker visibility timeout, two idle workers beside its own (sampled every second)",
+         "Redis hands the message out again and the idle worker drops it: one process trains the job at every "
+         "sample, every step stored once, one attempt"),
+    "test_a_job_killed_by_oom_every_time_fails_after_the_retry_cap":
+        ("SIGKILL of the training process (alone, or with its worker) every time the job runs; fresh workers",
+         "after JOB_MAX_ATTEMPTS the job is failed with its reason (killed N times, likely out of memory, what to "
+         "lower); the killed workers' messages come back and are dropped; nothing left in the broker"),
+    "test_out_of_memory_in_training_fails_with_guidance_and_the_worker_takes_the_next_job":
+        ("a job whose settings need far more memory than the worker's limit (an allocation fails in training)",
+         "the job fails saying what to lower, with its values; the same worker trains the next job"),
+    "test_a_burst_of_jobs_from_many_users_runs_each_once_one_per_slot":
+        ("20 jobs launched at once by 5 users on 2 single-slot workers (sampled every 0.5 s)",
+         "never more jobs running than slots; every job succeeds on one claim, every step stored once"),
+})
+
+
+def render_worker_figures(section: dict | None) -> list[str]:
+    """What the redelivery, out-of-memory and burst tests measured."""
+    if not section:
+        return []
+    lines = ["Figures from the fault tests:", "", "| fault test | figures |", "| --- | --- |"]
+    lines += [f"| `{e['test']}` | {_cell('; '.join(f'{k}: {v}' for k, v in e['figures'].items()), 400)} |"
+              for e in section["entries"]]
+    return lines + [""]
+
 
 # ------------------------------------------------------------------------------------------------ loading
 
@@ -241,7 +272,7 @@ def render(directory: Path) -> str:
               f"Results from {written[0] if written else '?'} to {written[-1] if written else '?'}.", ""]
     body = (render_bad_input(sections.get("bad_input")) + render_access(sections)
             + render_security(sections.get("security")) + render_fuzz(sections.get("fuzz"))
-            + render_tests(cases, sections.get("fault_figures")))
+            + render_tests(cases, sections.get("fault_figures")) + render_worker_figures(sections.get("worker_faults")))
     return "\n".join(header + body).rstrip() + "\n"
 
 

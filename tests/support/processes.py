@@ -7,6 +7,7 @@ and the same REDIS_URL, so they see exactly what the test committed (use ``trans
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -48,11 +49,13 @@ def process_env(**overrides: str) -> dict:
 class Process:
     """A child process with its output in a log file, stopped (and killed if need be) on exit."""
 
-    def __init__(self, args: list[str], env: dict, log_path: Path):
+    def __init__(self, args: list[str], env: dict, log_path: Path, memory_limit: int | None = None):
         self.log_path = log_path
         self._log = open(log_path, "wb")
+        preexec = (lambda: resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))) \
+            if memory_limit else None
         self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=preexec)
 
     @property
     def pid(self) -> int:
@@ -93,12 +96,14 @@ def start_asgi_server(tmp_path: Path, port: int | None = None, **env: str) -> tu
     return proc, base_url
 
 
-def start_worker(tmp_path: Path, name: str = "w1", queues: str = "gpu,default", **env: str) -> Process:
-    """A Celery worker (concurrency 1, prefetch 1) consuming the given queues."""
+def start_worker(tmp_path: Path, name: str = "w1", queues: str = "gpu,default", memory_limit: int | None = None,
+                 **env: str) -> Process:
+    """A Celery worker (concurrency 1, prefetch 1) consuming the given queues; ``memory_limit`` (bytes) caps its
+    address space as a container's memory limit would: an allocation beyond it fails instead of swapping."""
     args = [sys.executable, "-m", "celery", "-A", "worker.celery", "worker", "-Q", queues, "--concurrency", "1",
             "--prefetch-multiplier", "1", "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip",
             "--without-mingle", "--without-heartbeat"]
-    return Process(args, process_env(**env), tmp_path / f"worker-{name}.log")
+    return Process(args, process_env(**env), tmp_path / f"worker-{name}.log", memory_limit)
 
 
 def wait_for_http(url: str, proc: Process | None = None, timeout: float = 120.0) -> None:

@@ -1,8 +1,9 @@
-"""Helpers for stack tests with real Celery workers: readiness, queue purging, a tiny model and data set."""
+"""Helpers for stack tests with real Celery workers: readiness, queue purging, a data set, who took a job."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -40,3 +41,23 @@ def write_text_jsonl(path: Path, rows: int = 32) -> Path:
     lines = [json.dumps({"text": f"Row {i}: the quick brown fox jumps over the lazy dog."}) for i in range(rows)]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def claims(job_id: object, *procs: Process) -> list[int]:
+    """The pids of the worker processes that claimed ``job_id`` (each claim logs ``claimed as host:pid:…``)."""
+    pattern = re.compile(rf"job {job_id}: claimed as [^:\s]+:(\d+):")
+    return [int(pid) for proc in procs for pid in pattern.findall(proc.log())]
+
+
+def dropped_deliveries(job_id: object, *procs: Process) -> int:
+    """How many deliveries of ``job_id`` the workers dropped because someone held the job or it had ended."""
+    return sum(proc.log().count(f"job {job_id}: not claimable") for proc in procs)
+
+
+def active_deliveries(job_id: object, timeout: float = 0.5) -> list[int]:
+    """The pids of the worker processes executing a ``train`` message for ``job_id`` now (celery inspect)."""
+    from worker.celery import app
+
+    active = app.control.inspect(timeout=timeout).active() or {}
+    return [task["worker_pid"] for tasks in active.values() for task in tasks
+            if task.get("name") == "worker.tasks.train" and str(job_id) in map(str, task.get("args") or [])]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.reliability import results
 from tests.support.processes import Process, start_worker
 from tests.support.workers import purge_queues, wait_for_worker, write_text_jsonl
 
@@ -15,6 +16,11 @@ FAST_LEASES = {"JOB_LEASE_SECONDS": "6", "JOB_HEARTBEAT_SECONDS": "1", "JOB_RECO
 # A run small enough for two shared CPU cores: rank 4 on q/v of a 2-layer, 32-wide model, 32-token rows.
 TINY_RUN = {"rank": 4, "alpha": 8, "dropout": 0.0, "targets": "q_proj,v_proj", "batch_size": 4,
             "max_seq_len": 32, "learning_rate": 5e-3, "warmup_steps": 0, "seed": 3}
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """The fault tests' figures (samples, attempts, seconds...) for scripts/reliability_report.py."""
+    results.write_all()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -52,8 +58,8 @@ def workers(tmp_path):
     """Start real workers with ``workers(name, **env)``; all are stopped (and their logs shown) at the end."""
     started: list[Process] = []
 
-    def start(name: str, wait: bool = True, **env: str) -> Process:
-        proc = start_worker(tmp_path, name=name, **{**FAST_LEASES, **env})
+    def start(name: str, wait: bool = True, memory_limit: int | None = None, **env: str) -> Process:
+        proc = start_worker(tmp_path, name=name, memory_limit=memory_limit, **{**FAST_LEASES, **env})
         started.append(proc)
         return wait_for_worker(proc) if wait else proc
 
@@ -63,10 +69,3 @@ def workers(tmp_path):
         proc.stop()
         print(f"----- {proc.log_path.name} -----\n{proc.log()[-6000:]}")
 
-
-def pytest_sessionfinish(session, exitstatus) -> None:
-    """The fault tests' figures (tests.reliability.results) for scripts/reliability_report.py."""
-    from tests.reliability import results
-
-    if results._RESULTS or results._META:
-        results.write_all()

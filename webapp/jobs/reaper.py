@@ -22,11 +22,17 @@ from .models import Checkpoint, Job
 logger = logging.getLogger(__name__)
 
 
-def _killed_message(attempts: int) -> str:
-    return (f"The worker training this job stopped responding {attempts} times (killed {attempts} times, e.g. by "
-            "the operating system's out-of-memory killer, or its machine went away), so it will not be retried "
-            "again. If the host ran out of memory: lower the micro-batch size or the sequence length, or load "
-            "the base model in 4-bit (nf4).")
+def _killed_message(job: Job) -> str:
+    """Why the job failed and, since a worker killed at every attempt usually ran out of memory, what to lower
+    (with the job's own values)."""
+    train, data = job.config.get("train", {}), job.config.get("data", {})
+    fixes = (f"lower the micro-batch size (now {train.get('batch_size', '?')}) or the sequence length "
+             f"(now {data.get('max_seq_len', '?')})")
+    if job.quantization != "nf4":
+        fixes += ", or load the base model in 4-bit (nf4, QLoRA)"
+    return (f"The worker training this job stopped responding {job.attempt} times (killed {job.attempt} times, e.g. "
+            "by the operating system's out-of-memory killer, or its machine went away), so it will not be retried "
+            f"again. If the host ran out of memory: {fixes}.")
 
 
 def _reap(job: Job, now) -> str:
@@ -41,7 +47,7 @@ def _reap(job: Job, now) -> str:
         job.state, job.finished_at = Job.State.FAILED, now
         job.error = f"lease expired {job.attempt} times (JOB_MAX_ATTEMPTS={settings.JOB_MAX_ATTEMPTS}); " \
                     f"last lease owner {dead_owner}"
-        job.error_message = _killed_message(job.attempt)
+        job.error_message = _killed_message(job)
         add_event(job, f"Training failed: {job.error_message}", level="error")
         outcome = "failed"
     else:

@@ -158,7 +158,13 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
+# A message a worker took but never acknowledged (the worker died, or the job outlasts the timeout) goes back to
+# the queue after the visibility timeout; workers look for such messages every CELERY_RESTORE_SECONDS (kombu's
+# default sweep, 10 s x a throttle of 10, made one plain period). A redelivery of a running job is dropped: the
+# database lease, not the broker, decides who runs a job.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
+                                   "unacked_restore_interval": env_int("CELERY_RESTORE_SECONDS", 100),
+                                   "unacked_restore_throttle": 1}
 CELERY_TASK_ROUTES = {"worker.tasks.train": {"queue": "gpu"}, "worker.tasks.merge": {"queue": "gpu"},
                       "worker.tasks.playground": {"queue": "gpu"}}
 CELERY_TASK_DEFAULT_QUEUE = "default"
