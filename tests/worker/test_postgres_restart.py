@@ -26,7 +26,7 @@ from webapp.lib.demo_login import DEMO_MODEL_NAME
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
-STEPS = 30
+STEPS = 200  # long enough to be mid-training when the cluster stops, even on an idle machine
 DOWN_SECONDS = 5.0
 # Leases as in production (45 s): an outage of a few seconds must not look like a dead worker.
 WORKER_ENV = {"JOB_LEASE_SECONDS": "30", "JOB_HEARTBEAT_SECONDS": "2"}

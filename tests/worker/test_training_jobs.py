@@ -100,9 +100,11 @@ def test_a_killed_worker_job_resumes_from_its_checkpoint(transactional_db, owner
     assert_one_record_per_step(job)
     resumed = JobEvent.objects.get(job=job, data__attempt=2, data__start_step__isnull=False)
     # it resumed from the newest complete checkpoint (one written just before the kill may not have reached
-    # the database, but it is on disk), not from step 0 ...
+    # the database, but it is on disk), not from step 0; the database's step lags the trainer by up to one
+    # recorder write (about a second of steps), so the bound is a checkpoint step, not killed_at ...
     resume_step = resumed.data["start_step"]
-    assert last_checkpoint <= resume_step <= killed_at + 5 and resume_step > 0
+    assert last_checkpoint <= resume_step < 120 and resume_step > 0 and resume_step % 10 == 0, (resume_step,
+                                                                                               killed_at)
     # ... so its first step is the one after that checkpoint (steps the first attempt already stored are not
     # stored again), and every later step is its own
     by_attempt: dict = {}
