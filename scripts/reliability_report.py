@@ -39,7 +39,8 @@ WORKER_FAULT_FILTER = "killed or redis or database or twice or unsafe or cancel 
 FAULTS = {
     "test_a_killed_worker_job_resumes_from_its_checkpoint":
         ("SIGKILL to the worker's process group mid-training; a second worker is running",
-         "the job resumes from its checkpoint on the other worker and succeeds; every step stored exactly once"),
+         "the job resumes from its checkpoint on the other worker and succeeds; every step stored exactly once; "
+         "its adapter equals an uninterrupted run's (float tolerance)"),
     "test_a_redis_outage_mid_run_loses_no_point":
         ("Redis stopped mid-training, then started again",
          "training goes on, the job finishes, no metric point is lost, no retry is triggered"),
