@@ -42,8 +42,10 @@ FAULTS = {
          "the job resumes from its checkpoint on the other worker and succeeds; every step stored exactly once; "
          "its adapter equals an uninterrupted run's (float tolerance)"),
     "test_a_redis_outage_mid_run_loses_no_point":
-        ("Redis stopped mid-training, then started again",
-         "training goes on, the job finishes, no metric point is lost, no retry is triggered"),
+        ("Redis (broker and channel layer) stopped for 10 s mid-training while Chromium watches the job, then "
+         "started again",
+         "training goes on, the job finishes, no metric point is lost, no retry is triggered; the page catches "
+         "up and its chart holds every step once"),
     "test_training_goes_on_when_database_connections_drop":
         ("every PostgreSQL session of the test database terminated mid-training (what a restart does)",
          "the worker reconnects and retries its writes; the job finishes with every step stored once"),
