@@ -274,3 +274,14 @@ def test_an_unsupported_architecture_fails_with_the_reason(api, staff_client, ow
     assert "error" not in export  # the traceback is for staff
     assert "Traceback" in staff_client.get(f"/api/merges/{merge.id}").json()["gguf_export"]["error"]
     assert gguf_files(merge) == []
+
+
+def test_a_queued_export_whose_message_was_lost_is_sent_again(merge, enqueued):
+    from worker.celery import app
+    from worker.reconciler import gguf_export_reconciler
+
+    export, _ = gguf_exports.request_gguf_export(merge)  # no message after commit here: as if Redis lost it
+    reconciler = gguf_export_reconciler(app)  # looks in the real broker; resends through `enqueued`
+    assert reconciler.scan() == []  # first sighting: it may be between its commit and its enqueue
+    assert reconciler.scan() == [str(export.id)]
+    assert enqueued == [str(export.id)]
