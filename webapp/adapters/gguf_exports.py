@@ -21,6 +21,7 @@ from django.db import transaction
 from django.db.models import DateTimeField, F, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from django.utils.text import slugify
 
 from webapp.lib.storage import data_path, relative_to_data
 
@@ -57,8 +58,8 @@ def staging_dir(export: GGUFExport) -> Path:
 
 
 def gguf_filename(export: GGUFExport) -> str:
-    """The download's file name."""
-    return f"{export.merge.adapter.name}-merged-{export.dtype}.gguf"
+    """The download's file name (named like the merged model's archive)."""
+    return f"{slugify(export.merge.adapter.name) or 'adapter'}-merged-{export.dtype}.gguf"
 
 
 def merged_model_dir(merge: Merge) -> Path:
