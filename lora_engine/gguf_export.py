@@ -311,7 +311,8 @@ def _add_hparams(writer: gguf.GGUFWriter, config: Mapping[str, Any], arch: _Arch
 
 
 def export_model_gguf(model_dir: str | Path, out_path: str | Path, dtype: str = "f16",
-                      name: str | None = None) -> GGUFExportResult:
+                      name: str | None = None,
+                      on_tensor: Callable[[int, int], None] | None = None) -> GGUFExportResult:
     """Write a Hugging Face llama/mistral/qwen2 model directory (e.g. a merged model) as a GGUF model.
 
     Args:
@@ -319,6 +320,8 @@ def export_model_gguf(model_dir: str | Path, out_path: str | Path, dtype: str = 
         out_path: the .gguf file to write (replaced atomically).
         dtype: "f16" (matrices in float16, norms and biases float32, as llama.cpp's converter) or "f32".
         name: ``general.name`` (default: the model directory's name).
+        on_tensor: called as ``on_tensor(written, total)`` after each tensor's data is written (progress; an
+            exception it raises stops the export and nothing is left at ``out_path``).
 
     Returns:
         A :class:`GGUFExportResult`.
@@ -346,8 +349,10 @@ def export_model_gguf(model_dir: str | Path, out_path: str | Path, dtype: str = 
         writer.write_header_to_file(temp)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for data in _tensor_data(planned):
+        for written, data in enumerate(_tensor_data(planned), start=1):
             writer.write_tensor_data(data)
+            if on_tensor is not None:
+                on_tensor(written, len(planned))
         writer.close()
 
     size = _write_atomically(out_path, write)

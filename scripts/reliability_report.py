@@ -31,6 +31,7 @@ from tests.reliability.results import results_dir  # noqa: E402
 
 WORKER_FAULT_TESTS = ["tests/worker/test_training_jobs.py", "tests/worker/test_redis_restart.py",
                       "tests/worker/test_worker_startup.py", "tests/worker/test_merge_task.py",
+                      "tests/worker/test_gguf_export_task.py",
                       "tests/worker/test_web_server_restart.py", "tests/worker/test_postgres_restart.py",
                       "tests/worker/test_disk_full.py"]
 WORKER_FAULT_FILTER = "killed or redis or database or twice or unsafe or cancel or restart or disk"
@@ -58,6 +59,9 @@ FAULTS = {
         ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 in the worker's environment", "the worker refuses to start"),
     "test_a_merge_survives_a_killed_worker_and_is_downloadable":
         ("SIGKILL to the worker during a merge", "the merge is retried; no half-written model is offered"),
+    "test_a_gguf_export_survives_a_killed_worker_and_downloads_as_gguf":
+        ("SIGKILL to the worker while it writes a merged model's GGUF",
+         "the export is retried on another worker; the half-written file is never offered and is removed"),
     "test_a_restarted_web_server_loses_no_point_on_a_watching_page":
         ("SIGKILL to daphne while Chromium watches a training job; started again on its port a few seconds later",
          "the page reconnects by itself; its chart holds every step exactly once (the missed ones refetched)"),

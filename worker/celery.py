@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 app = Celery("lora_studio")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.imports = ("worker.tasks", "worker.merge_tasks", "worker.playground_tasks")
+app.conf.imports = ("worker.tasks", "worker.merge_tasks", "worker.gguf_tasks", "worker.playground_tasks")
 # One job per worker process: never reserve a second message while training (acks_late keeps the running
 # one unacknowledged until it ends). A lost broker connection must not cancel a running job either.
 app.conf.worker_disable_prefetch = True

@@ -1,5 +1,5 @@
-"""The maintenance timer every worker runs (no Celery beat needed): reapers and reconcilers for jobs, merges and
-playground sessions.
+"""The maintenance timer every worker runs (no Celery beat needed): reapers and reconcilers for jobs, merges, GGUF
+exports and playground sessions.
 
 Started on ``worker_ready`` in the worker's main process, in a daemon thread: reaps expired leases every
 third of JOB_LEASE_SECONDS (so a dead worker's job is queued again within about 1⅓ lease lengths), and
@@ -35,15 +35,18 @@ class Maintenance:
     """One daemon thread: every reaper every reap_interval(), every reconciler every reconcile_interval()."""
 
     def __init__(self, app: Celery):
+        from webapp.adapters.gguf_exports import reap_expired_gguf_exports
         from webapp.adapters.merges import reap_expired_merges
         from webapp.jobs.reaper import reap_expired_leases
         from webapp.playground.actions import reap_stalled_sessions
 
-        from .reconciler import job_reconciler, merge_reconciler, playground_reconciler
+        from .reconciler import gguf_export_reconciler, job_reconciler, merge_reconciler, playground_reconciler
 
         self.reapers = [("expired job leases", reap_expired_leases), ("expired merge leases", reap_expired_merges),
+                        ("expired GGUF export leases", reap_expired_gguf_exports),
                         ("stalled playground sessions", reap_stalled_sessions)]
-        self.reconcilers = [job_reconciler(app), merge_reconciler(app), playground_reconciler(app)]
+        self.reconcilers = [job_reconciler(app), merge_reconciler(app), gguf_export_reconciler(app),
+                            playground_reconciler(app)]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="job-maintenance", daemon=True)
 

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 import traceback
 import uuid
-
-from django.conf import settings
 
 from webapp.adapters import merges
 from webapp.adapters.merge_archive import build_merge_archive, remove_partial_files
@@ -26,7 +23,8 @@ from webapp.adapters.models import Merge
 from webapp.lib.storage import remove_path
 
 from .celery import app
-from .db import CONNECTION_ERRORS, drop_connection, retry_db
+from .db import retry_db
+from .heartbeat import LeaseHeartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -41,36 +39,12 @@ def merge(merge_id: str) -> str:
     return run_merge(merge_id)
 
 
-class MergeHeartbeat:
-    """Renews the lease every JOB_HEARTBEAT_SECONDS from a thread; ``lost`` is set once the lease is gone."""
+class MergeHeartbeat(LeaseHeartbeat):
+    """Renews the merge's lease every JOB_HEARTBEAT_SECONDS from a thread; ``lost`` is set once it is gone."""
 
     def __init__(self, lease: merges.MergeLease):
+        super().__init__(lambda: merges.renew_merge_lease(lease), f"merge {lease.merge_id}")
         self.lease = lease
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"merge-heartbeat-{lease.merge_id}", daemon=True)
-
-    def __enter__(self) -> MergeHeartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.wait(float(settings.JOB_HEARTBEAT_SECONDS)):
-                try:
-                    if not merges.renew_merge_lease(self.lease):
-                        logger.error("merge %s: lease lost (reaped, ended or deleted)", self.lease.merge_id)
-                        self.lost.set()
-                        return
-                except CONNECTION_ERRORS as exc:  # PostgreSQL restarting: renew once it is back
-                    logger.warning("merge %s: cannot renew the lease yet: %s", self.lease.merge_id, exc)
-                    drop_connection()
-        finally:
-            drop_connection()
 
 
 class LeaseLost(Exception):  # noqa: N818 - a signal, not an error

@@ -4,7 +4,8 @@ The broker is looked at directly: the task's queue (every priority list) and kom
 (messages a worker holds: reserved or running). A row missing from both in two scans in a row is sent
 again; the second scan keeps the tiny window between a row's commit and its enqueue from causing a
 duplicate (a duplicate would be harmless anyway: the claim drops it). One reconciler per kind of work
-(training jobs, merges), each given how to list its queued ids and how to send one again.
+(training jobs, merges, GGUF exports, playground sessions), each given how to list its queued ids and how to
+send one again.
 """
 
 from __future__ import annotations
@@ -101,6 +102,17 @@ def merge_reconciler(app: Celery) -> Reconciler:
         return {str(pk) for pk in Merge.objects.filter(state=Merge.State.QUEUED).values_list("pk", flat=True)}
 
     return Reconciler(app, MERGE_TASK, queued_merges, enqueue_merge, "merge")
+
+
+def gguf_export_reconciler(app: Celery) -> Reconciler:
+    from webapp.adapters.gguf_exports import GGUF_TASK, enqueue_gguf_export
+    from webapp.adapters.models import GGUFExport
+
+    def queued_exports() -> set[str]:
+        rows = GGUFExport.objects.filter(state=GGUFExport.State.QUEUED).values_list("pk", flat=True)
+        return {str(pk) for pk in rows}
+
+    return Reconciler(app, GGUF_TASK, queued_exports, enqueue_gguf_export, "GGUF export")
 
 
 def playground_reconciler(app: Celery) -> Reconciler:

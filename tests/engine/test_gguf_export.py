@@ -144,3 +144,19 @@ def test_unsupported_architecture_is_named(tmp_path):
     with pytest.raises(UnsupportedArchitecture, match="gpt2"):
         export_adapter_gguf(adapter, model_dir, tmp_path / "lora.gguf")
     assert not list(tmp_path.glob("*.gguf"))
+
+
+def test_model_export_reports_each_tensor_and_a_stopped_export_leaves_nothing(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "model", arch="llama")
+    calls: list[tuple[int, int]] = []
+    result = export_model_gguf(model_dir, tmp_path / "model.gguf", on_tensor=lambda done, total: calls.append(
+        (done, total)))
+    assert calls == [(i, result.tensor_count) for i in range(1, result.tensor_count + 1)]
+
+    def stop_halfway(done: int, total: int) -> None:
+        if done == total // 2:
+            raise KeyboardInterrupt  # e.g. a worker's warm shutdown mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        export_model_gguf(model_dir, tmp_path / "stopped.gguf", on_tensor=stop_halfway)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model.gguf"]  # no partial file left

@@ -1,9 +1,12 @@
-"""Adapter analysis (ΔW spectra), rank reduction and GGUF exports: pages, API, ownership."""
+"""Adapter analysis (ΔW spectra), rank reduction and the adapter's GGUF export: pages, API, ownership.
+
+A merged model's GGUF export (built by a worker) is tests/web/test_merge_gguf.py."""
 
 from __future__ import annotations
 
+import errno
 import json
-import shutil
+import os
 from pathlib import Path
 
 import gguf
@@ -11,8 +14,10 @@ import pytest
 import torch
 from django.test import Client
 
+from lora_engine.errors import disk_full_message
 from lora_engine.lora_factors import read_lora_factors
-from webapp.adapters.models import Adapter, Merge
+from webapp.adapters.actions import derived_path_for
+from webapp.adapters.models import Adapter
 
 from ._adapter_analysis_helpers import RANK, TRUE_RANK, register, save_tiny_dirs
 
@@ -126,17 +131,18 @@ def test_adapter_gguf_download(owner_client, api, adapter, tmp_path):
     assert ranged.status_code == 206 and b"".join(ranged.streaming_content) == b"GGUF"
 
 
-def test_merged_model_gguf_download(owner_client, adapter, tiny_dirs, settings, tmp_path):
-    merged_dir = Path(settings.DATA_DIR) / "merges" / "m1"
-    shutil.copytree(tiny_dirs["llama"], merged_dir)  # stands in for a merged model directory
-    merge = Merge.objects.create(owner=adapter.owner, adapter=adapter, dtype="float32",
-                                 state=Merge.State.SUCCEEDED, storage_path="merges/m1")
-    detail = owner_client.get(f"/adapters/{adapter.id}/").content.decode()
-    assert f"/adapters/{adapter.id}/merges/{merge.id}/gguf" in detail
-    reader = read_gguf(owner_client.get(f"/adapters/{adapter.id}/merges/{merge.id}/gguf"), tmp_path, "m.gguf")
-    meta = {name: field.contents() for name, field in reader.fields.items()}
-    assert meta["general.type"] == "model" and meta["tokenizer.ggml.model"] == "gpt2"
-    assert "token_embd.weight" in {t.name for t in reader.tensors}
+def test_adapter_gguf_on_a_full_disk_says_so_and_keeps_nothing(owner_client, api, adapter, monkeypatch):
+    def fills_the_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", fills_the_disk)
+    response = api.get(f"/api/adapters/{adapter.id}/gguf")
+    error = response.json()["error"]
+    assert response.status_code == 507 and error["code"] == "disk_full"
+    assert error["message"] == disk_full_message("the adapter's GGUF file")
+    page = owner_client.get(f"/adapters/{adapter.id}/gguf", follow=True)
+    assert page.redirect_chain[-1][0] == f"/adapters/{adapter.id}/" and "disk is full" in page.content.decode()
+    assert not [p for p in derived_path_for(adapter).rglob("*") if "gguf" in p.name]
 
 
 def test_unsupported_architecture_says_which_are_supported(owner, owner_client, api, tiny_dirs, tmp_path):
@@ -150,11 +156,8 @@ def test_unsupported_architecture_says_which_are_supported(owner, owner_client, 
 
 
 def test_it_validates_ownership(stranger_client, adapter):
-    merge = Merge.objects.create(owner=adapter.owner, adapter=adapter, state=Merge.State.SUCCEEDED,
-                                 storage_path="merges/none")
     for url in (f"/adapters/{adapter.id}/analysis", f"/api/adapters/{adapter.id}/analysis",
-                f"/adapters/{adapter.id}/gguf", f"/api/adapters/{adapter.id}/gguf",
-                f"/adapters/{adapter.id}/merges/{merge.id}/gguf", f"/api/adapters/{adapter.id}/merges/{merge.id}/gguf"):
+                f"/adapters/{adapter.id}/gguf", f"/api/adapters/{adapter.id}/gguf"):
         assert stranger_client.get(url).status_code == 404, url
     assert stranger_client.post(f"/adapters/{adapter.id}/reduce", {"rank": "2"}).status_code == 404
     assert post_json(stranger_client, f"/api/adapters/{adapter.id}/reduce", {"rank": 2}).status_code == 404

@@ -1,11 +1,14 @@
 """A real browser (Debian's Chromium) on a live daphne server and a real Celery worker: press Merge on the
-adapter page, watch it finish, download the merged model."""
+adapter page, watch it finish, download the merged model; then press Export GGUF, watch the worker write it,
+download the GGUF."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
+import gguf
 import pytest
 
 from tests.conftest import PASSWORD
@@ -52,6 +55,20 @@ def test_press_merge_and_download_the_merged_model(transactional_db, owner, page
         folder = extract_archive(Path(download.path()).read_bytes(), tmp_path / "downloaded")
         assert_manifest_matches(folder)
         assert {"config.json", "README.md", "model.safetensors"} <= {p.name for p in folder.iterdir()}
+
+        # the merge ended while the page watched: its Export GGUF button asks the API, then the page polls
+        page.get_by_test_id("gguf-export-button").click()
+        gguf_link = page.get_by_test_id("gguf-download")
+        gguf_link.wait_for(timeout=120_000)
+        assert page.get_by_test_id("gguf-state").inner_text() == "succeeded"
+        with page.expect_download() as gguf_info:
+            gguf_link.click()
+        gguf_download = gguf_info.value
+        assert gguf_download.suggested_filename == "browser-adapter-merged-f16.gguf"
+        export = merge.gguf_exports.get()
+        assert hashlib.sha256(Path(gguf_download.path()).read_bytes()).hexdigest() == export.sha256
+        reader = gguf.GGUFReader(gguf_download.path())
+        assert reader.fields["general.type"].contents() == "model"
         assert errors == []
     finally:
         server.stop()

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import Adapter, Merge
+from .models import Adapter, GGUFExport, Merge
 
 
 @admin.register(Adapter)
@@ -12,3 +12,9 @@ class AdapterAdmin(admin.ModelAdmin):
 @admin.register(Merge)
 class MergeAdmin(admin.ModelAdmin):
     list_display = ("adapter", "owner", "state", "dtype", "max_abs_diff", "created_at")
+
+
+@admin.register(GGUFExport)
+class GGUFExportAdmin(admin.ModelAdmin):
+    list_display = ("merge", "owner", "state", "dtype", "attempt", "size_bytes", "created_at")
+    list_filter = ("state",)

@@ -11,5 +11,4 @@ urlpatterns = [
     path("<uuid:adapter_id>/gguf", export_views.api_adapter_gguf, name="api-adapter-gguf"),
     path("<uuid:adapter_id>/merge", merge_views.api_adapter_merge, name="api-adapter-merge"),
     path("<uuid:adapter_id>/merges", merge_views.api_adapter_merges, name="api-adapter-merges"),
-    path("<uuid:adapter_id>/merges/<uuid:merge_id>/gguf", export_views.api_merge_gguf, name="api-merge-gguf"),
 ]

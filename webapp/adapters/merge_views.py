@@ -6,6 +6,8 @@
     GET  /api/adapters/<id>/merges                 the adapter's merges
     GET  /api/merges/<merge_id>                    one merge (state, progress, verification)
     GET  /api/merges/<merge_id>/download           the merged model (.tar, HTTP Range)
+
+A merged model's GGUF export (queued by a worker like the merge itself): gguf_views.py.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from webapp.api.errors import ApiError, api_endpoint, parse_json_body
 from webapp.lib.downloads import ranged_file_response
 from webapp.lib.owned import get_owned_or_404
 
+from .gguf_views import merge_gguf_json
 from .merge_archive import archive_folder, archive_path, archive_sha256
 from .merges import MergeRejected, request_merge, stage_of
 from .models import Adapter, Merge
@@ -65,6 +68,7 @@ def merge_json(merge: Merge, user=None) -> dict:
         "archive_sha256": archive_sha256(merge) if archive else None,
         "download_url": f"/api/merges/{merge.id}/download" if archive else None,
         "page_download_url": f"/adapters/{merge.adapter_id}/merges/{merge.id}/download" if archive else None,
+        "gguf_export": merge_gguf_json(merge, user),
     }
     if user is not None and user.is_staff:
         data["error"] = merge.error or None
@@ -136,13 +140,15 @@ def api_adapter_merge(request: HttpRequest, adapter_id) -> JsonResponse:
 @api_endpoint("GET")
 def api_adapter_merges(request: HttpRequest, adapter_id) -> JsonResponse:
     adapter = get_owned_or_404(Adapter.objects, request.user, pk=adapter_id)
-    merges = Merge.objects.visible_to(request.user).filter(adapter=adapter).select_related("adapter")
+    merges = (Merge.objects.visible_to(request.user).filter(adapter=adapter).select_related("adapter")
+              .prefetch_related("gguf_exports"))
     return JsonResponse({"object": "list", "data": [merge_json(m, request.user) for m in merges]})
 
 
 @api_endpoint("GET")
 def api_merge_detail(request: HttpRequest, merge_id) -> JsonResponse:
-    merge = get_owned_or_404(Merge.objects.select_related("adapter"), request.user, pk=merge_id)
+    merge = get_owned_or_404(Merge.objects.select_related("adapter").prefetch_related("gguf_exports"), request.user,
+                             pk=merge_id)
     return JsonResponse(merge_json(merge, request.user))
 
 

@@ -83,3 +83,38 @@ class Merge(models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [models.UniqueConstraint(fields=["adapter", "dtype"], name="merge_unique_adapter_dtype")]
+
+
+class GGUFExport(models.Model):
+    """A succeeded merge written as a llama.cpp GGUF model file by a worker; tracked like a merge (queued →
+    running → succeeded | failed, a lease, attempts), one per merge and GGUF dtype."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="gguf_exports")
+    merge = models.ForeignKey(Merge, on_delete=models.CASCADE, related_name="gguf_exports")
+    dtype = models.CharField(max_length=10, default="f16", help_text="The GGUF's matrix type (f16 or f32).")
+    state = models.CharField(max_length=20, choices=State.choices, default=State.QUEUED)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    progress = models.FloatField(default=0.0)
+    error = models.TextField(blank=True)
+    error_message = models.TextField(blank=True)
+    storage_path = models.CharField(max_length=500, blank=True, help_text="The complete .gguf, relative to DATA_DIR.")
+    size_bytes = models.BigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, blank=True, help_text="Of the complete .gguf file.")
+    attempt = models.IntegerField(default=0)
+    lease_owner = models.CharField(max_length=200, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+
+    objects = OwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["merge", "dtype"], name="gguf_export_unique_merge_dtype")]

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import analysis_views, export_views, merge_views, views
+from . import analysis_views, export_views, gguf_views, merge_views, views
 
 app_name = "adapters"
 urlpatterns = [
@@ -14,5 +14,7 @@ urlpatterns = [
     path("<uuid:adapter_id>/gguf", export_views.adapter_gguf_download, name="gguf"),
     path("<uuid:adapter_id>/merge", merge_views.merge_request_page, name="merge"),
     path("<uuid:adapter_id>/merges/<uuid:merge_id>/download", merge_views.merge_download_page, name="merge-download"),
-    path("<uuid:adapter_id>/merges/<uuid:merge_id>/gguf", export_views.merge_gguf_download, name="merge-gguf"),
+    path("<uuid:adapter_id>/merges/<uuid:merge_id>/gguf", gguf_views.gguf_export_request_page, name="merge-gguf"),
+    path("<uuid:adapter_id>/merges/<uuid:merge_id>/gguf/download", gguf_views.gguf_download_page,
+         name="merge-gguf-download"),
 ]

@@ -24,8 +24,8 @@ def adapter_list(request: HttpRequest) -> HttpResponse:
 
 
 def adapter_detail(request: HttpRequest, adapter_id) -> HttpResponse:
-    adapter = get_owned_or_404(Adapter.objects.select_related("base_model", "job__dataset"), request.user,
-                               pk=adapter_id)
+    adapter = get_owned_or_404(Adapter.objects.select_related("base_model", "job__dataset")
+                               .prefetch_related("merges__gguf_exports"), request.user, pk=adapter_id)
     return render(request, "adapters/detail.html", {"adapter": adapter, "config": adapter.config})
 
 

@@ -42,6 +42,7 @@ JOB_ID = Param("fine_tuning_job_id", "path", description="A job id, e.g. ftjob-â
 MODEL_ID = Param("model", "path", description="A base model's name or a fine-tuned model id (ft:â€¦)")
 NATIVE_JOB_ID = Param("job_id", "path", {"type": "string", "format": "uuid"})
 ADAPTER_ID = Param("adapter_id", "path", {"type": "string", "format": "uuid"})
+MERGE_ID = Param("merge_id", "path", {"type": "string", "format": "uuid"})
 AFTER = Param("after", description="The last id of the previous page.")
 
 
@@ -114,10 +115,8 @@ OPERATIONS: tuple[Operation, ...] = (
               NATIVE, "AdapterAnalysis", (ADAPTER_ID,)),
     Operation("post", "/api/adapters/{adapter_id}/reduce", "A new adapter of lower rank (truncated SVD)", NATIVE,
               "Adapter", (ADAPTER_ID,), body="RankReduction"),
-    Operation("get", "/api/adapters/{adapter_id}/gguf", "The adapter as a llama.cpp LoRA GGUF", NATIVE, None,
-              (ADAPTER_ID,)),
-    Operation("get", "/api/adapters/{adapter_id}/merges/{merge_id}/gguf", "A merged model as a GGUF", NATIVE, None,
-              (ADAPTER_ID, Param("merge_id", "path", {"type": "string", "format": "uuid"}))),
+    Operation("get", "/api/adapters/{adapter_id}/gguf", "The adapter as a llama.cpp LoRA GGUF (built on the first "
+              "download; 422 for an unsupported architecture, 507 when the disk is full)", NATIVE, None, (ADAPTER_ID,)),
     Operation("post", "/api/adapters/{adapter_id}/merge", "Merge an adapter into its base model (idempotent)", NATIVE,
               "Merge", (ADAPTER_ID,), body="MergeRequest",
               description="202 when queued (or a failed merge queued again); 200 with the existing merge otherwise."),
@@ -127,6 +126,13 @@ OPERATIONS: tuple[Operation, ...] = (
               (Param("merge_id", "path", {"type": "string", "format": "uuid"}),)),
     Operation("get", "/api/merges/{merge_id}/download", "Download a merged model as a .tar (Range; 409 until it "
               "succeeded)", NATIVE, None, (Param("merge_id", "path", {"type": "string", "format": "uuid"}),)),
+    Operation("post", "/api/merges/{merge_id}/gguf", "Export a succeeded merge as a llama.cpp GGUF model (a worker "
+              "builds it; one export per merge)", NATIVE, "GGUFExport", (MERGE_ID,),
+              description="202 when queued (or a failed export queued again); 200 with the export already requested "
+              "otherwise; 409 while the merge has not succeeded. Poll GET /api/merges/{merge_id} (its gguf_export) "
+              "until the state is succeeded, then download."),
+    Operation("get", "/api/merges/{merge_id}/gguf/download", "Download a merged model's GGUF (Range; 409 until the "
+              "export succeeded)", NATIVE, None, (MERGE_ID,)),
     Operation("get", "/api/openapi.json", "This document", NATIVE, None, public=True),
     Operation("get", "/api/docs", "This document as a page", NATIVE, None, public=True),
 )

@@ -147,7 +147,11 @@ SCHEMAS: dict[str, dict] = {
     "Adapter": {**FREE_FORM, "description": "An adapter: rank, alpha, targets, lineage, sizes, download_url."},
     "Merge": {**FREE_FORM, "description": "A merge of an adapter into its base: state (queued, running, succeeded, "
               "failed), stage, progress, attempt, error_message, times, peak_memory_bytes, max_abs_diff (merged vs "
-              "base+adapter logits), archive_bytes, archive_sha256, download_url (only once succeeded)."},
+              "base+adapter logits), archive_bytes, archive_sha256, download_url (only once succeeded), gguf_export "
+              "(the merged model's GGUF export, or null)."},
+    "GGUFExport": {**FREE_FORM, "description": "A merged model's GGUF export, built by a worker: state (queued, "
+                   "running, succeeded, failed), stage (queued, writing, checksumming, done, failed), progress, "
+                   "attempt, error_message, times, size_bytes, sha256 and download_url (only once succeeded)."},
     "MergeList": _obj({"object": {"const": "list"}, "data": {"type": "array", "items": ref("Merge")}}),
     "MergeRequest": _obj({"dtype": {"enum": ["auto", "fp16", "bf16", "fp32"], "default": "auto",
                                     "description": "The merged weights' dtype; auto keeps the base's own."}}),

@@ -166,6 +166,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBIL
                                    "unacked_restore_interval": env_int("CELERY_RESTORE_SECONDS", 100),
                                    "unacked_restore_throttle": 1}
 CELERY_TASK_ROUTES = {"worker.tasks.train": {"queue": "gpu"}, "worker.tasks.merge": {"queue": "gpu"},
+                      "worker.tasks.export_gguf": {"queue": "gpu"},
                       "worker.tasks.playground": {"queue": "gpu"}}
 CELERY_TASK_DEFAULT_QUEUE = "default"
 
