@@ -3,7 +3,7 @@
 The database holds ``--jobs`` jobs (default 10,000) of one user and ``--points`` metric points (default
 1,000,000; ``--full`` for the issue's 10,000,000), bulk-generated in PostgreSQL with ``generate_series``:
 one job has ``--big-job-points`` (default 100,000) train points plus an eval point every 500 steps, the
-others share the rest. Then, against a live daphne with an API key:
+others share the rest. Then, against a live uvicorn server with an API key:
 
 - jobs list: ``GET /v1/fine_tuning/jobs?limit=20`` (the newest page of the user's 10,000 jobs);
 - a job's metrics for drawing: ``GET /api/jobs/<big job>/metrics?max_points=1000`` (100k points thinned).
@@ -278,7 +278,8 @@ def summarize(r: dict, args: argparse.Namespace) -> tuple[list[str], str]:
         "## API under load (`benchmarks/api_load.py`)",
         machine_markdown(),
         f"PostgreSQL holding {r['jobs']:,} jobs (one user's) and {r['points']:,} metric points; the big job has "
-        f"{args.big_job_points:,} train points and one eval point per {EVAL_EVERY} steps. One daphne process, "
+        f"{args.big_job_points:,} train points and one eval point per {EVAL_EVERY} steps. "
+        f"{args.workers} uvicorn worker process(es), "
         f"API-key auth. Each client is a keep-alive connection sending its next request as soon as the last one "
         f"answered (closed loop), for {args.seconds:g} s; the 1-client run is the baseline (service time alone). "
         f"DB_CONN_MAX_AGE={args.conn_max_age}. Response sizes: jobs list {r['sizes']['jobs list'] / 1000:.1f} kB, "
@@ -305,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=15.0, help="duration of each load run")
     parser.add_argument("--conn-max-age", type=int, default=0,
-                        help="DB_CONN_MAX_AGE for daphne (0, the default install: a new connection per request; "
-                             "60 gave failed requests under load here: to be investigated)")
+                        help="DB_CONN_MAX_AGE for the web server (0, the default install; with DB_POOL_SIZE "
+                             "the pool, not this, keeps connections)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not update docs/BENCHMARKS.md")
     add_stack_arguments(parser)
     args = parser.parse_args(argv)

@@ -2,7 +2,7 @@
 
 The path measured is the real one: the worker's recorder (worker.recorder.JobRecorder: the point numbered and
 handed to its live pusher → webapp.jobs.events.emit_metrics, while the batched PostgreSQL writes go on beside
-it) → channels_redis → daphne → ``ws/jobs/<id>/`` →
+it) → channels_redis → uvicorn → ``ws/jobs/<id>/`` →
 a websocket client. A second run leaves the recorder out (emit_metrics called directly at step end) to
 show what the recorder adds. Each latency is measured from the moment the trainer hands the step
 to the recorder (``on_step``) to the moment a client has parsed the point; the clients run in this process,
@@ -168,7 +168,7 @@ def write_report(rows: list[list], steps: int, rate: float) -> None:
     body = "\n\n".join([
         "## Live latency (`benchmarks/live_latency.py`)",
         machine_markdown(),
-        f"Step end (the trainer's `on_step`) → a websocket client has parsed the point, through daphne and "
+        f"Step end (the trainer's `on_step`) → a websocket client has parsed the point, through uvicorn and "
         f"channels_redis; {steps} steps at {rate:g} steps/s per run. Baseline: LlamaBoard's 2 s polling (a point "
         "waits 1 s on average, up to 2 s).",
         table(["path", "watchers", "p50 ms", "p95 ms", "p99 ms", "all points", "p50 vs 1 s average wait",
@@ -201,7 +201,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server, base_url = start_asgi_server(Path(tmp), DJANGO_SETTINGS_MODULE=os.environ["DJANGO_SETTINGS_MODULE"])
         try:
-            print(f"daphne at {base_url}; {args.steps} steps at {args.rate:g} steps/s per run; "
+            print(f"uvicorn at {base_url}; {args.steps} steps at {args.rate:g} steps/s per run; "
                   f"channels_redis at {os.environ.get('REDIS_URL', 'redis://127.0.0.1:6379/0')}")
             rows = []
             for label, through_recorder in modes:

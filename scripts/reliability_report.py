@@ -56,7 +56,8 @@ FAULTS = {
     "test_a_merge_survives_a_killed_worker_and_is_downloadable":
         ("SIGKILL to the worker during a merge", "the merge is retried; no half-written model is offered"),
     "test_a_restarted_web_server_loses_no_point_on_a_watching_page":
-        ("SIGKILL to daphne while Chromium watches a training job; started again on its port a few seconds later",
+        ("SIGKILL to the ASGI server (uvicorn) while Chromium watches a training job; started again on its port a "
+         "few seconds later",
          "the page reconnects by itself; its chart holds every step exactly once (the missed ones refetched)"),
     "test_a_postgres_restart_mid_training_loses_no_step":
         ("a private PostgreSQL cluster stopped (fast shutdown) mid-training and started again seconds later",
@@ -223,7 +224,7 @@ def render_fuzz(section: dict | None) -> list[str]:
     statuses = ", ".join(f"{k} × {v}" for k, v in sorted(meta.get("status_counts", {}).items()))
     lines += [f"**{meta.get('examples', 0)} generated requests** over {meta.get('operations', '?')} operations of "
               f"`/api/openapi.json` (modes {', '.join(meta.get('modes', []))}, up to {meta.get('max_examples')} "
-              f"examples per operation and mode, fixed seed) against a live daphne server with a Bearer key, in "
+              f"examples per operation and mode, fixed seed) against a live uvicorn server with a Bearer key, in "
               f"{meta.get('seconds')} s: **{meta.get('server_errors', 0)} server errors**. "
               f"Skipped for time: {len(meta.get('skipped', []))}.", "", f"Statuses: {statuses}", ""]
     return lines
