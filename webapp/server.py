@@ -16,6 +16,9 @@ h11 without them). No access log: a line per request costs CPU under load (a rev
 A worker process gets ``WORKER_START_SECONDS`` to answer uvicorn's health check: importing torch and Django
 on a slow 2-core machine can take far longer than uvicorn's default 5 s, and a worker not answering in time
 is killed and started again, for ever.
+
+The processes it starts are marked (``LORA_STUDIO_WEB_SERVER=1``) so that the settings give them a pool of
+``DB_POOL_SIZE`` PostgreSQL connections each (Celery workers keep their own connection handling).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import sys
 APP = "webapp.asgi:application"
 WORKER_START_SECONDS = 120
 GRACEFUL_SHUTDOWN_SECONDS = 10
+WEB_SERVER_FLAG = "LORA_STUDIO_WEB_SERVER"
 
 
 def worker_count(requested: int | None = None) -> int:
@@ -42,6 +46,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
     import uvicorn
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings.local")
+    os.environ[WEB_SERVER_FLAG] = "1"  # the settings give web processes a database connection pool
     uvicorn.run(
         APP,
         host=host,

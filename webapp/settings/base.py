@@ -9,6 +9,8 @@
 | DEBUG           | false                                    | Django debug pages                         |
 | ALLOWED_HOSTS   | localhost,127.0.0.1,[::1]                | comma-separated host names                 |
 | PORT            | 8000                                     | port `make run` serves on                  |
+| WEB_CONCURRENCY | 1                                        | web server (uvicorn) worker processes      |
+| DB_POOL_SIZE    | 10                                       | PostgreSQL pool per web process (0: none)  |
 | MODEL_ROOTS     | DATA_DIR/models                          | directories local base models may live in  |
 """
 
@@ -94,6 +96,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # and use a file for the test database too, so a worker subprocess sees what the test wrote.
     DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test_db.sqlite3")}
+# The web server's processes (webapp.server sets LORA_STUDIO_WEB_SERVER) keep a pool of up to DB_POOL_SIZE
+# PostgreSQL connections each: without one, every request under ASGI opens and closes its own connection
+# (DB_CONN_MAX_AGE=0) or leaves one open per request thread. Celery workers keep their plain connections
+# (one long-lived thread each, and their retry logic reconnects by itself). DB_POOL_SIZE=0 turns the pool off.
+WEB_SERVER_PROCESS = env_bool("LORA_STUDIO_WEB_SERVER", False)
+DB_POOL_SIZE = env_int("DB_POOL_SIZE", 10)
+if WEB_SERVER_PROCESS and DB_POOL_SIZE > 0 and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps the connections (Django refuses both at once)
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(2, DB_POOL_SIZE), "max_size": DB_POOL_SIZE, "timeout": env_int("DB_POOL_TIMEOUT", 30)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
