@@ -93,9 +93,19 @@ class KeepAliveConnection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def get(self, path: str) -> tuple[int, bytes]:
-        """(status, body) of ``GET path``; reconnects when the server closed the connection."""
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        """(status, body) of ``GET path``. A kept-alive connection the server closed meanwhile (its idle timeout)
+        is opened again and the request sent once more, as browsers do; any other failure raises."""
+        if self.writer is not None:
+            try:
+                return await self._get(path)
+            except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                    raise  # the server had started answering: a real failure
+                await self.close()
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        return await self._get(path)
+
+    async def _get(self, path: str) -> tuple[int, bytes]:
         self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{self.extra}\r\n".encode())
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
