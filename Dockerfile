@@ -7,4 +7,4 @@ COPY . .
 RUN useradd --create-home studio && mkdir -p /data && chown studio /data
 USER studio
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "webapp.asgi:application"]
+CMD ["python", "-m", "webapp.server", "--host", "0.0.0.0", "--port", "8000"]

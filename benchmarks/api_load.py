@@ -3,7 +3,7 @@
 The database holds ``--jobs`` jobs (default 10,000) of one user and ``--points`` metric points (default
 1,000,000; ``--full`` for the issue's 10,000,000), bulk-generated in PostgreSQL with ``generate_series``:
 one job has ``--big-job-points`` (default 100,000) train points plus an eval point every 500 steps, the
-others share the rest. Then, against a live daphne with an API key:
+others share the rest. Then, against a live uvicorn server with an API key:
 
 - jobs list: ``GET /v1/fine_tuning/jobs?limit=20`` (the newest page of the user's 10,000 jobs);
 - a job's metrics for drawing: ``GET /api/jobs/<big job>/metrics?max_points=1000`` (100k points thinned).
@@ -28,7 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.report import machine_markdown, median, percentile, table, verdict, write_section  # noqa: E402
+from benchmarks.report import machine_markdown, table, verdict, write_section  # noqa: E402
+from tests.support.loadgen import closed_loop  # noqa: E402
 
 TARGET_P95_MS = 100.0
 EVAL_EVERY = 500
@@ -128,71 +129,11 @@ def counts() -> tuple[int, int]:
 # The load
 
 
-class Connection:
-    """A minimal HTTP/1.1 keep-alive client (asyncio streams): little CPU, so the server is what is measured."""
-
-    def __init__(self, host: str, port: int, headers: dict[str, str]):
-        self.host, self.port = host, port
-        self.extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def get(self, path: str) -> tuple[int, bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{self.extra}\r\n".encode())
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-        if "content-length" in headers:
-            body = await self.reader.readexactly(int(headers["content-length"]))
-        elif headers.get("transfer-encoding") == "chunked":
-            body = await self._chunked()
-        else:
-            body = await self.reader.read()
-        if headers.get("connection", "").lower() == "close":
-            await self.close()
-        return status, body
-
-    async def _chunked(self) -> bytes:
-        parts = []
-        while True:
-            size = int((await self.reader.readuntil(b"\r\n")).strip(), 16)
-            parts.append(await self.reader.readexactly(size + 2))
-            if size == 0:
-                return b"".join(parts)
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.reader = self.writer = None
-
-
 async def load(base_url: str, key: str, path: str, clients: int, seconds: float) -> dict:
-    """``clients`` closed-loop clients for ``seconds``: latencies (ms), throughput, failures."""
-    host, port = base_url.removeprefix("http://").split(":")
-    latencies: list[float] = []
-    failures: list[int] = []
-    stop_at = time.perf_counter() + seconds
-
-    async def client() -> None:
-        conn = Connection(host, int(port), {"Authorization": f"Bearer {key}"})
-        await conn.get(path)  # connect and warm up outside the measurement
-        while time.perf_counter() < stop_at:
-            t0 = time.perf_counter()
-            status, _ = await conn.get(path)
-            latencies.append((time.perf_counter() - t0) * 1000)
-            if status != 200:
-                failures.append(status)
-        await conn.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(clients)))
-    elapsed = time.perf_counter() - started
-    return {"clients": clients, "requests": len(latencies), "rps": len(latencies) / elapsed,
-            "p50": percentile(latencies, 50), "p95": percentile(latencies, 95), "p99": percentile(latencies, 99),
-            "mean": median(latencies), "failures": len(failures)}
+    """``clients`` closed-loop clients for ``seconds`` (tests/support/loadgen.py): latencies, throughput, failures."""
+    outcome = await closed_loop(base_url, [path], clients, seconds, headers={"Authorization": f"Bearer {key}"})
+    return {"clients": clients, "requests": outcome.requests, "rps": outcome.rps, "p50": outcome.p50,
+            "p95": outcome.p95, "p99": outcome.p99, "failures": len(outcome.failures)}
 
 
 def check_answers(base_url: str, key: str, paths: dict[str, str], big_points: int) -> dict[str, float]:
@@ -242,7 +183,8 @@ def run(args: argparse.Namespace) -> dict:
         key = create_api_key(make_user("bench-api"), name="api load benchmark")[1]
         paths = {"jobs list": "/v1/fine_tuning/jobs?limit=20",
                  "metrics": f"/api/jobs/{big_id}/metrics?max_points={args.max_points}"}
-        server, base_url = start_asgi_server(stack.work_dir, DB_CONN_MAX_AGE=str(args.conn_max_age))
+        server, base_url = start_asgi_server(stack.work_dir, workers=args.workers,
+                                             DB_CONN_MAX_AGE=str(args.conn_max_age), DB_POOL_SIZE=str(args.pool_size))
         results: dict = {"jobs": jobs, "points": points, "paths": paths, "runs": {}}
         try:
             results["sizes"] = check_answers(base_url, key, paths, args.big_job_points)
@@ -278,10 +220,13 @@ def summarize(r: dict, args: argparse.Namespace) -> tuple[list[str], str]:
         "## API under load (`benchmarks/api_load.py`)",
         machine_markdown(),
         f"PostgreSQL holding {r['jobs']:,} jobs (one user's) and {r['points']:,} metric points; the big job has "
-        f"{args.big_job_points:,} train points and one eval point per {EVAL_EVERY} steps. One daphne process, "
+        f"{args.big_job_points:,} train points and one eval point per {EVAL_EVERY} steps. "
+        f"uvicorn with {args.workers} worker process{'es' if args.workers > 1 else ''}, "
         f"API-key auth. Each client is a keep-alive connection sending its next request as soon as the last one "
         f"answered (closed loop), for {args.seconds:g} s; the 1-client run is the baseline (service time alone). "
-        f"DB_CONN_MAX_AGE={args.conn_max_age}. Response sizes: jobs list {r['sizes']['jobs list'] / 1000:.1f} kB, "
+        f"DB_POOL_SIZE={args.pool_size} per process"
+        f"{'' if args.pool_size else f', DB_CONN_MAX_AGE={args.conn_max_age}'}. "
+        f"Response sizes: jobs list {r['sizes']['jobs list'] / 1000:.1f} kB, "
         f"metrics {r['sizes']['metrics'] / 1000:.1f} kB (max_points={args.max_points}).",
         table(["request", "clients", "p50 ms", "p95 ms", "p99 ms", "req/s", "errors", f"{args.clients} vs 1",
                "p95 < 100 ms"], rows, "lrrrrrrrl"),
@@ -303,15 +248,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big-job-points", type=int, default=100_000, help="train points of the job drawn")
     parser.add_argument("--max-points", type=int, default=1000, help="max_points asked for the chart")
     parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="uvicorn worker processes (default: WEB_CONCURRENCY, else 1)")
     parser.add_argument("--seconds", type=float, default=15.0, help="duration of each load run")
     parser.add_argument("--conn-max-age", type=int, default=0,
-                        help="DB_CONN_MAX_AGE for daphne (0, the default install: a new connection per request; "
-                             "60 gave failed requests under load here: to be investigated)")
+                        help="DB_CONN_MAX_AGE for the web server (0, the default install; with DB_POOL_SIZE "
+                             "the pool, not this, keeps connections)")
+    parser.add_argument("--pool-size", type=int, default=10,
+                        help="DB_POOL_SIZE: PostgreSQL connections pooled per web process (0: no pool)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not update docs/BENCHMARKS.md")
     add_stack_arguments(parser)
     args = parser.parse_args(argv)
     if args.full:
         args.points = 10_000_000
+    from webapp.server import worker_count
+
+    args.workers = worker_count(args.workers)
     print("note: this machine may be shared with other engineers' test runs; numbers are noisy.")
     results = run(args)
     lines, body = summarize(results, args)

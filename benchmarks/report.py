@@ -122,15 +122,6 @@ def machine_markdown(extra: str = "") -> str:
     return text + (f" {extra}" if extra else "")
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (nearest rank on the sorted values)."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 

@@ -1,4 +1,4 @@
-"""The real stack for the dashboard benchmarks: a throwaway PostgreSQL database, Redis, Django, daphne.
+"""The real stack for the dashboard benchmarks: a throwaway PostgreSQL database, Redis, Django, uvicorn.
 
 Call :func:`prepare` before importing anything from webapp: it points DATABASE_URL at a new database
 (``lora_bench_<name>_<pid>``, created on the server of ``--pg``), REDIS_URL at a Redis database of the

@@ -3,12 +3,12 @@
 Three measurements on the same generated file (default 1 GiB of OpenAI-chat rows, written to /tmp):
 
 1. Upload: the datasets page's protocol (``POST /datasets/uploads/``, then 4 MiB ``.../chunk?offset=`` bodies,
-   then ``.../finish``, which validates, hashes and moves the file into place) against a live daphne, with a
+   then ``.../finish``, which validates, hashes and moves the file into place) against a live uvicorn server, with a
    session cookie and CSRF header like the page's script. Throughput of the chunks, time of the finish,
    compared with copying the same file on the same disk in 4 MiB blocks (what the disk allows).
 2. Validation alone: ``lora_engine.data.validate_file`` against a bare loop of ``json.loads`` over the same
    lines (the least any validator must do). Target: above 100 MB/s.
-3. The server's memory: VmRSS of the daphne process sampled every 50 ms from /proc, and its VmHWM,
+3. The server's memory: VmRSS of the web server process sampled every 50 ms from /proc, and its VmHWM,
    against its resident size just before the upload. Target: under 100 MB of growth.
 
 Usage (PostgreSQL and Redis running; a throwaway database is created and dropped):
@@ -210,7 +210,7 @@ def summarize(r: dict) -> tuple[list[str], str]:
         f"validate_file: {validate_mb_s:8.1f} MB/s  vs bare json.loads loop {loads_mb_s:.1f} MB/s  "
         f"→ ×{validate_mb_s / loads_mb_s:.2f}  (target > {VALIDATION_TARGET_MB_S:.0f} MB/s: "
         f"{'met' if validate_mb_s > VALIDATION_TARGET_MB_S else 'MISSED'})",
-        f"daphne memory: {r['rss_before'] / MB:.0f} MB before, max sampled RSS {r['rss_max_sampled'] / MB:.0f} MB, "
+        f"server memory: {r['rss_before'] / MB:.0f} MB before, max sampled RSS {r['rss_max_sampled'] / MB:.0f} MB, "
         f"VmHWM {r['hwm_after'] / MB:.0f} MB → growth {growth_mb:.1f} MB  (target < {MEMORY_TARGET_MB:.0f} MB: "
         f"{'met' if growth_mb < MEMORY_TARGET_MB else 'MISSED'})",
     ]
@@ -220,7 +220,7 @@ def summarize(r: dict) -> tuple[list[str], str]:
         ["upload incl. finish (validate, sha256, move)", f"{end_to_end:.1f} MB/s", "—", "—", "—"],
         ["`validate_file` alone", f"{validate_mb_s:.1f} MB/s", f"`json.loads` loop {loads_mb_s:.1f} MB/s",
          f"×{validate_mb_s / loads_mb_s:.2f}", f"> 100 MB/s: {verdict(validate_mb_s > VALIDATION_TARGET_MB_S)}"],
-        ["daphne memory growth (VmHWM / sampled VmRSS − RSS before)", f"{growth_mb:.1f} MB",
+        ["web server memory growth (VmHWM / sampled VmRSS − RSS before)", f"{growth_mb:.1f} MB",
          f"RSS before {r['rss_before'] / MB:.0f} MB", "—", f"< 100 MB: {verdict(growth_mb < MEMORY_TARGET_MB)}"],
     ]
     body = "\n\n".join([
@@ -228,7 +228,7 @@ def summarize(r: dict) -> tuple[list[str], str]:
         machine_markdown(),
         f"A {size_mb:,.0f} MB JSONL of {r['rows']:,} OpenAI-chat rows through the datasets page's chunked upload "
         f"({r['chunks']} chunks of 4 MiB on one keep-alive connection, session cookie + CSRF header) to a live "
-        "daphne, on the same machine. MB = 10⁶ bytes.",
+        "uvicorn server, on the same machine. MB = 10⁶ bytes.",
         table(["measurement", "LoRA Studio", "baseline (same run)", "ratio", "target"], rows, "lrrrl"),
         f"The finish request (validation, sha256 and the move into place, on the server) took "
         f"{r['finish_seconds']:.1f} s.",

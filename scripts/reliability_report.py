@@ -2,7 +2,7 @@
 
 Inputs, all in the results directory (``$RELIABILITY_RESULTS``, else ``$DATA_DIR/reliability``):
 - ``<section>.json`` written by tests/reliability (bad_input, access_matrix, websocket_matrix, csrf,
-  session_revocation, security, fuzz);
+  session_revocation, security, fuzz, load);
 - ``*junit.xml`` from pytest ``--junitxml`` runs: tests/reliability and the fault-injection tests in tests/worker.
 
 Usage:
@@ -63,7 +63,8 @@ FAULTS = {
         ("SIGKILL to the worker while it writes a merged model's GGUF",
          "the export is retried on another worker; the half-written file is never offered and is removed"),
     "test_a_restarted_web_server_loses_no_point_on_a_watching_page":
-        ("SIGKILL to daphne while Chromium watches a training job; started again on its port a few seconds later",
+        ("SIGKILL to the ASGI server (uvicorn) while Chromium watches a training job; started again on its port a "
+         "few seconds later",
          "the page reconnects by itself; its chart holds every step exactly once (the missed ones refetched)"),
     "test_a_postgres_restart_mid_training_loses_no_step":
         ("a private PostgreSQL cluster stopped (fast shutdown) mid-training and started again seconds later",
@@ -230,10 +231,34 @@ def render_fuzz(section: dict | None) -> list[str]:
     statuses = ", ".join(f"{k} × {v}" for k, v in sorted(meta.get("status_counts", {}).items()))
     lines += [f"**{meta.get('examples', 0)} generated requests** over {meta.get('operations', '?')} operations of "
               f"`/api/openapi.json` (modes {', '.join(meta.get('modes', []))}, up to {meta.get('max_examples')} "
-              f"examples per operation and mode, fixed seed) against a live daphne server with a Bearer key, in "
+              f"examples per operation and mode, fixed seed) against a live uvicorn server with a Bearer key, in "
               f"{meta.get('seconds')} s: **{meta.get('server_errors', 0)} server errors**. "
               f"Skipped for time: {len(meta.get('skipped', []))}.", "", f"Statuses: {statuses}", ""]
     return lines
+
+
+def render_load(section: dict | None) -> list[str]:
+    """The load test's latencies: live points to many watchers, and API requests, all at once."""
+    lines = ["## Load", ""]
+    if not section:
+        return lines + ["_No results: run tests/reliability/test_load.py._", ""]
+    meta = section["meta"]
+    lines += [f"**{meta.get('watchers')} websocket watchers** on one running job ({meta.get('steps')} steps at "
+              f"{meta.get('rate')} steps/s through the worker's recorder) **and {meta.get('api_clients')} API "
+              f"clients** (keep-alive, each sending its next request as soon as the last one answered) at the same "
+              f"time, against uvicorn with {meta.get('server_workers')} worker processes on PostgreSQL and Redis, "
+              f"on {meta.get('cores')} cores shared with the clients; {meta.get('seconds')} s in all (the watchers "
+              f"connected in {meta.get('watchers_connect_seconds')} s). Every watcher must get every step exactly "
+              "once and every request must answer 200 (errors: watchers short of points, or failed requests); "
+              "the p95 targets are the issues' and are reported, not asserted.", "",
+              "| what | count | p50 ms | p95 ms | p99 ms | errors | p95 target |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for e in section["entries"]:
+        target = e.get("target_p95_ms")
+        verdict = "—" if target is None else f"< {target:g} ms: {'met' if e['p95_ms'] < target else 'missed'}"
+        lines.append(f"| {_cell(e['what'], 120)} | {e['count']} | {e['p50_ms']} | {e['p95_ms']} | {e['p99_ms']} | "
+                     f"{e['errors']} | {verdict} |")
+    return lines + [""]
 
 
 def render_tests(cases: list[dict], fault_figures: dict | None = None) -> list[str]:
@@ -279,6 +304,7 @@ def render(directory: Path) -> str:
               f"Results from {written[0] if written else '?'} to {written[-1] if written else '?'}.", ""]
     body = (render_bad_input(sections.get("bad_input")) + render_access(sections)
             + render_security(sections.get("security")) + render_fuzz(sections.get("fuzz"))
+            + render_load(sections.get("load"))
             + render_tests(cases, sections.get("fault_figures")) + render_worker_figures(sections.get("worker_faults")))
     return "\n".join(header + body).rstrip() + "\n"
 

@@ -70,7 +70,7 @@ def run() -> int:
         _manage(env, "migrate", "--noinput", "-v", "0")
         _manage(env, "setup_demo")
         children.append(subprocess.Popen(
-            [PYTHON, "-m", "daphne", "-b", host, "-p", port, "webapp.asgi:application"], cwd=ROOT, env=env,
+            [PYTHON, "-m", "webapp.server", "--host", host, "--port", port], cwd=ROOT, env=env,
         ))
         children.append(subprocess.Popen(
             [PYTHON, "-m", "celery", "-A", "worker.celery", "worker", "-Q", "gpu,default", "--concurrency", "1",

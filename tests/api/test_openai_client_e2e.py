@@ -36,7 +36,7 @@ def small_model_dir(tmp_path):
 
 @pytest.fixture
 def server(transactional_db, tmp_path):
-    """The base URL of a live daphne on the test database and DATA_DIR."""
+    """The base URL of a live uvicorn server on the test database and DATA_DIR."""
     proc, url = start_asgi_server(tmp_path)
     yield url
     proc.stop()

@@ -41,3 +41,11 @@ def test_services_read_configuration_from_an_env_file():
     for name in ("web", "worker"):
         assert services[name]["env_file"], name
         assert services[name]["environment"]["DJANGO_SETTINGS_MODULE"] == "webapp.settings.production"
+
+
+def test_web_runs_uvicorn_through_webapp_server_with_its_worker_count():
+    web = load()["services"]["web"]
+    assert "python -m webapp.server --host 0.0.0.0 --port 8000" in " ".join(web["command"])
+    assert web["environment"]["WEB_CONCURRENCY"].startswith("${WEB_CONCURRENCY")
+    dockerfile = (COMPOSE.parent / "Dockerfile").read_text()
+    assert 'CMD ["python", "-m", "webapp.server"' in dockerfile

@@ -1,4 +1,5 @@
-"""Real processes for stack tests: an ASGI server (daphne) and Celery workers on the test database.
+"""Real processes for stack tests: the ASGI server (uvicorn, ``webapp.server``) and Celery workers on the test
+database.
 
 The processes get the test database's connection (pytest-django renames it to test_*), the test DATA_DIR
 and the same REDIS_URL, so they see exactly what the test committed (use ``transactional_db``).
@@ -86,11 +87,14 @@ class Process:
         self._log.close()
 
 
-def start_asgi_server(tmp_path: Path, port: int | None = None, **env: str) -> tuple[Process, str]:
-    """daphne on ``port`` (a free one by default); returns (process, base URL) once /healthz answers."""
+def start_asgi_server(tmp_path: Path, port: int | None = None, workers: int = 1, **env: str) -> tuple[Process, str]:
+    """The web server (``python -m webapp.server``: uvicorn with ``workers`` processes) on ``port`` (a free one
+    by default); returns (process, base URL) once /healthz answers. Its process group holds every worker, so
+    :meth:`Process.kill` and :meth:`Process.stop` end them all."""
     port = port or free_port()
-    proc = Process([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "webapp.asgi:application"],
-                   process_env(**env), tmp_path / f"daphne-{port}-{time.monotonic_ns()}.log")
+    proc = Process([sys.executable, "-m", "webapp.server", "--host", "127.0.0.1", "--port", str(port),
+                    "--workers", str(workers)],
+                   process_env(**env), tmp_path / f"asgi-{port}-{time.monotonic_ns()}.log")
     base_url = f"http://127.0.0.1:{port}"
     wait_for_http(f"{base_url}/healthz", proc)
     return proc, base_url

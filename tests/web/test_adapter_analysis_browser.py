@@ -1,4 +1,4 @@
-"""A real browser (Debian's Chromium) on a live daphne server: the analysis charts draw, and reducing works."""
+"""A real browser (Debian's Chromium) on a live uvicorn server: the analysis charts draw, and reducing works."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A real browser (Debian's Chromium) on a live daphne server compares two finished jobs."""
+"""A real browser (Debian's Chromium) on a live uvicorn server compares two finished jobs."""
 
 from __future__ import annotations
 

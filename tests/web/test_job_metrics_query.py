@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.http import JsonResponse
 
 from webapp.jobs import metrics_query
 from webapp.jobs.downsample import downsample_by_split
@@ -62,3 +63,33 @@ def test_it_validates_ownership(owner_client, stranger_client, owner):
     assert owner_client.get(f"/api/jobs/{job.id}/metrics?max_points=20").status_code == 200
     assert metrics_query._cache  # the owner's answer is cached: it must not reach anyone else
     assert stranger_client.get(f"/api/jobs/{job.id}/metrics?max_points=20").status_code == 404
+
+
+class CountingJson:
+    """Stands in for metrics_query's ``json`` module, counting what it encodes."""
+
+    def __init__(self):
+        import json
+
+        self.json, self.encoded = json, 0
+
+    def dumps(self, *args, **kwargs):
+        self.encoded += 1
+        return self.json.dumps(*args, **kwargs)
+
+
+def test_a_repeat_request_sends_the_cached_encoding_and_the_same_bytes(owner_client, owner, monkeypatch):
+    job = make_job(owner)
+    add_points(job, range(1, 3001), values=odd_values)
+    counting = CountingJson()
+    monkeypatch.setattr(metrics_query, "json", counting)
+    url = f"/api/jobs/{job.id}/metrics?max_points=200"
+    first = owner_client.get(url)
+    assert counting.encoded == 1
+    second = owner_client.get(url)
+    assert counting.encoded == 1  # the thinned points were not encoded again
+    assert first.content == second.content and first["Content-Type"] == "application/json"
+    # what JsonResponse would have sent for the same answer, byte for byte
+    assert first.content == JsonResponse(first.json()).content
+    paged = owner_client.get(f"/api/jobs/{job.id}/metrics?after_seq=10&limit=7")
+    assert paged.content == JsonResponse(paged.json()).content and len(paged.json()["points"]) == 7

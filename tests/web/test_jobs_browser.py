@@ -1,4 +1,4 @@
-"""A real browser (Debian's Chromium) on a live daphne server watches a running job's loss curve grow."""
+"""A real browser (Debian's Chromium) on a live uvicorn server watches a running job's loss curve grow."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A real browser (Debian's Chromium) on a live daphne server and a real Celery worker: press Merge on the
+"""A real browser (Debian's Chromium) on a live uvicorn server and a real Celery worker: press Merge on the
 adapter page, watch it finish, download the merged model; then press Export GGUF, watch the worker write it,
 download the GGUF."""
 

@@ -1,4 +1,4 @@
-"""The whole path of a step: real worker -> recorder -> PostgreSQL and -> channel layer -> daphne -> a websocket
+"""The whole path of a step: real worker -> recorder -> PostgreSQL and -> channel layer -> uvicorn -> a websocket
 client. Every step reaches both the database and the watching client exactly once."""
 
 from __future__ import annotations

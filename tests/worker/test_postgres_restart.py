@@ -1,7 +1,7 @@
 """PostgreSQL really restarts (a private cluster: stopped, down a few seconds, started) in the middle of a job.
 
 Everything runs as an install would: the schema made by ``manage.py migrate``, the demo model and an API key
-by management commands, the data uploaded and the job created through ``/v1``, a daphne server and a Celery
+by management commands, the data uploaded and the job created through ``/v1``, a uvicorn server and a Celery
 worker pointed at the cluster. What a user would notice: the job finishes as if nothing happened, every
 step's metrics stored exactly once, on its first attempt.
 """

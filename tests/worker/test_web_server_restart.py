@@ -1,4 +1,4 @@
-"""The web server (daphne) is killed while a browser watches a training job, and started again on its port.
+"""The web server (uvicorn) is killed while a browser watches a training job, and started again on its port.
 
 What a user would notice: the page says it is offline, reconnects by itself once the server is back, and its
 chart ends up with every step exactly once — the steps trained while nobody could push them are filled in

@@ -1,7 +1,8 @@
 """Resumable chunked uploads for the pages: the browser sends a big file as a series of small requests.
 
-Why chunks: the ASGI server (daphne) hands a request body to Django only once it has all of it, in memory;
-small requests keep the server's memory flat whatever the file size. Each chunk is appended to a file in
+Why chunks: a browser cannot resume one huge request after a dropped connection, and small requests keep
+each request short and its memory flat whatever the file size (the server, uvicorn, streams a body to Django,
+which spools it to a temporary file past FILE_UPLOAD_MAX_MEMORY_SIZE). Each chunk is appended to a file in
 ``DATA_DIR/datasets/incoming``; when the last one has arrived the file is validated and moved into place
 (``os.replace``, no copy) by :func:`webapp.datasets.actions.create_dataset_from_path`.
 

@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET
@@ -25,7 +26,7 @@ from webapp.lib.owned import get_owned_or_404
 
 from . import events
 from .estimates import EstimateError, estimate_for
-from .metrics_query import downsampled_points
+from .metrics_query import DrawnHistory, drawn_history
 from .models import Job, MetricPoint
 
 DEFAULT_LIMIT = 5_000
@@ -103,30 +104,35 @@ def job_metrics(request: HttpRequest, job_id) -> JsonResponse:
         rows = rows.filter(split=split)
     fields = ("seq", "step", "split", "values")
     if max_points is not None:
-        # Only the metrics the thinning looks at are read for every point (see metrics_query).
+        # Only the metrics the thinning looks at are read for every point, and the thinned points come
+        # JSON-encoded from a per-process cache keyed by the job's last_seq (see metrics_query).
         cache_key = (job.pk, job.last_seq, after_seq, after_step, split, max_points)
-        drawn, total, highest_seq = downsampled_points(rows, max_points, cache_key)
+        history = drawn_history(rows, max_points, cache_key)
         has_more = False
     else:
         points = list(rows.values(*fields)[: limit + 1])
         has_more = len(points) > limit
         points = points[:limit]
-        total = len(points)
-        drawn = points
-        highest_seq = points[-1]["seq"] if points else None
+        history = DrawnHistory(json.dumps(points, cls=DjangoJSONEncoder).encode(), len(points), len(points),
+                               points[-1]["seq"] if points else None)
     # The highest seq this answer covers (computed from the rows read, never from a second query that
     # could see newer commits): every point up to it is either here or was thinned out on purpose.
-    last_seq = highest_seq if highest_seq is not None else (after_seq or 0)
-    return JsonResponse({
-        "object": "list",
-        "job_id": str(job.id),
-        "points": drawn,
-        "last_seq": last_seq,
-        "has_more": has_more,
-        "downsampled": len(drawn) < total,
-        "total_points": total,
-        "state": events.job_state(job),
-    })
+    last_seq = history.highest_seq if history.highest_seq is not None else (after_seq or 0)
+    return _json_with_encoded(
+        {"object": "list", "job_id": str(job.id)},
+        "points", history.points_json,
+        {"last_seq": last_seq, "has_more": has_more, "downsampled": history.drawn < history.total,
+         "total_points": history.total, "state": events.job_state(job)},
+    )
+
+
+def _json_with_encoded(before: dict[str, Any], key: str, encoded: bytes, after: dict[str, Any]) -> HttpResponse:
+    """What ``JsonResponse({**before, key: value, **after})`` sends, byte for byte, with ``value`` given already
+    encoded (``before`` and ``after`` not empty)."""
+    head = json.dumps(before, cls=DjangoJSONEncoder)[:-1]  # '{"a": 1' (no closing brace)
+    tail = json.dumps(after, cls=DjangoJSONEncoder)[1:]  # '"b": 2}' (no opening brace)
+    body = b"".join([head.encode(), b", ", json.dumps(key).encode(), b": ", encoded, b", ", tail.encode()])
+    return HttpResponse(body, content_type="application/json")
 
 
 def _value_columns(job: Job) -> list[str]:

@@ -13,6 +13,9 @@ Groups:
 - ``jobs-staff``: staff jobs list pages (every job).
 - ``sockets-user-<id>``: every open socket of a user; told to close on logout or deactivation.
 
+On Redis these names are prefixed with the install's Redis database number (the live layer's prefix, see
+webapp.lib.channel_layers): pub/sub is server-wide, and two installs must not hear each other.
+
 Messages sent to a group carry the browser's JSON already encoded (``text``), so a hundred watchers cost
 one encode, not a hundred.
 """

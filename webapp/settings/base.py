@@ -9,6 +9,8 @@
 | DEBUG           | false                                    | Django debug pages                         |
 | ALLOWED_HOSTS   | localhost,127.0.0.1,[::1]                | comma-separated host names                 |
 | PORT            | 8000                                     | port `make run` serves on                  |
+| WEB_CONCURRENCY | 1                                        | web server (uvicorn) worker processes      |
+| DB_POOL_SIZE    | 10                                       | PostgreSQL pool per web process (0: none)  |
 | MODEL_ROOTS     | DATA_DIR/models                          | directories local base models may live in  |
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import dj_database_url
 
+from webapp.lib.channel_layers import live_layer
 from webapp.lib.env import env_bool, env_int, env_list, env_str, persistent_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -31,7 +34,6 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 PORT = env_int("PORT", 8000)
 
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -95,6 +97,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # and use a file for the test database too, so a worker subprocess sees what the test wrote.
     DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test_db.sqlite3")}
+# The web server's processes (webapp.server sets LORA_STUDIO_WEB_SERVER) keep a pool of up to DB_POOL_SIZE
+# PostgreSQL connections each: without one, every request under ASGI opens and closes its own connection
+# (DB_CONN_MAX_AGE=0) or leaves one open per request thread. Celery workers keep their plain connections
+# (one long-lived thread each, and their retry logic reconnects by itself). DB_POOL_SIZE=0 turns the pool off.
+WEB_SERVER_PROCESS = env_bool("LORA_STUDIO_WEB_SERVER", False)
+DB_POOL_SIZE = env_int("DB_POOL_SIZE", 10)
+if WEB_SERVER_PROCESS and DB_POOL_SIZE > 0 and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps the connections (Django refuses both at once)
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(2, DB_POOL_SIZE), "max_size": DB_POOL_SIZE, "timeout": env_int("DB_POOL_TIMEOUT", 30)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -143,12 +155,9 @@ CHANNEL_LAYERS = {
             "group_expiry": 86400,
         },
     },
-    # Live job updates: Redis pub/sub delivers one message per web process however many pages watch,
-    # instead of one queued copy per socket (p95 step-to-browser latency stays low with 100 watchers).
-    "live": {
-        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
-    },
+    # Live job updates: Redis pub/sub, one message per web process however many pages watch; its names carry
+    # the Redis database number, since pub/sub is shared by every database of the server.
+    "live": live_layer(REDIS_URL),
 }
 
 CELERY_BROKER_URL = REDIS_URL
