@@ -14,16 +14,16 @@ import logging
 import os
 import time
 import traceback
-import uuid
 
 from webapp.adapters import gguf_exports
-from webapp.adapters.merges import new_lease_owner
 from webapp.adapters.models import GGUFExport
+from webapp.lib.leased_work import Lease
 from webapp.lib.storage import remove_path, sha256_file
 
 from .celery import app
 from .db import CONNECTION_ERRORS, drop_connection, retry_db
 from .heartbeat import LeaseHeartbeat
+from .leased_task import LeaseLost, pause_for_tests, run_leased_task
 
 logger = logging.getLogger(__name__)
 
@@ -40,42 +40,16 @@ def export_gguf(export_id: str) -> str:
     return run_gguf_export(export_id)
 
 
-class LeaseLost(Exception):  # noqa: N818 - a signal, not an error
-    """Another worker took the export over (or it was deleted): stop and record nothing."""
-
-
 def run_gguf_export(export_id: str) -> str:
     """Run ``export_id`` if it is queued. Returns what happened: dropped, succeeded, failed or lost."""
-    try:
-        uuid.UUID(str(export_id))
-    except ValueError:
-        logger.error("GGUF export: %r is not an export id; dropped", export_id)
-        return "dropped"
-    lease = retry_db(lambda: gguf_exports.claim_gguf_export(export_id, new_lease_owner()), "claim GGUF export")
-    if lease is None:
-        row = GGUFExport.objects.filter(pk=export_id).values_list("state", "lease_owner").first()
-        logger.info("GGUF export %s: not claimable (%s); this delivery is dropped", export_id, row or "no such export")
-        return "dropped"
-    logger.info("GGUF export %s: claimed as %s (attempt %d)", export_id, lease.owner, lease.attempt)
-    with LeaseHeartbeat(lambda: gguf_exports.renew_gguf_lease(lease), f"GGUF export {export_id}") as heartbeat:
-        try:
-            outcome = _export_and_record(lease, heartbeat)
-        except LeaseLost:
-            outcome = "lost"
-        except (KeyboardInterrupt, SystemExit):
-            raise  # warm shutdown: the lease expires and the reaper queues the export again
-        except Exception as exc:
-            logger.exception("GGUF export %s: failed", export_id)
-            technical, human = describe_gguf_failure(exc)
-            outcome = "failed" if gguf_exports.fail_gguf_export(lease, technical, human) else "lost"
-    logger.info("GGUF export %s: %s", export_id, outcome)
-    return outcome
+    return run_leased_task(gguf_exports.GGUF_EXPORTS, export_id, gguf_exports.claim_gguf_export, _export_and_record,
+                           describe_gguf_failure)
 
 
 class _Progress:
     """The engine's per-tensor callback: records progress about once a second and stops on a lost lease."""
 
-    def __init__(self, lease: gguf_exports.GGUFLease, heartbeat: LeaseHeartbeat):
+    def __init__(self, lease: Lease, heartbeat: LeaseHeartbeat):
         self.lease, self.heartbeat = lease, heartbeat
         self._last_write = 0.0
 
@@ -88,21 +62,21 @@ class _Progress:
             self._record(start + (end - start) * written / total)
             self._last_write = now
         if written == 1:
-            _pause_for_tests("writing")
+            pause_for_tests(PAUSE_VARIABLE, "writing", "GGUF export")
 
     def _record(self, progress: float) -> None:
         try:
             if not gguf_exports.record_gguf_progress(self.lease, progress):
                 raise LeaseLost("writing")
         except CONNECTION_ERRORS as exc:  # PostgreSQL restarting: progress is cosmetic, keep writing
-            logger.warning("GGUF export %s: cannot record progress yet: %s", self.lease.export_id, exc)
+            logger.warning("GGUF export %s: cannot record progress yet: %s", self.lease.row_id, exc)
             drop_connection()
 
 
-def _export_and_record(lease: gguf_exports.GGUFLease, heartbeat: LeaseHeartbeat) -> str:
+def _export_and_record(lease: Lease, heartbeat: LeaseHeartbeat) -> str:
     from lora_engine.gguf_export import export_model_gguf
 
-    export = GGUFExport.objects.select_related("merge__adapter").get(pk=lease.export_id)
+    export = GGUFExport.objects.select_related("merge__adapter").get(pk=lease.row_id)
     model_dir = gguf_exports.merged_model_dir(export.merge)
     remove_path(gguf_exports.staging_dir(export))  # what interrupted attempts left half-written
     work_dir = gguf_exports.staging_dir(export) / f"attempt-{lease.attempt}"
@@ -111,7 +85,7 @@ def _export_and_record(lease: gguf_exports.GGUFLease, heartbeat: LeaseHeartbeat)
     try:
         export_model_gguf(model_dir, staged, dtype=export.dtype, name=f"{export.merge.adapter.name}-merged",
                           on_tensor=_Progress(lease, heartbeat))
-        _pause_for_tests("checksumming")
+        pause_for_tests(PAUSE_VARIABLE, "checksumming", "GGUF export")
         if heartbeat.lost.is_set() or not gguf_exports.record_gguf_progress(
                 lease, gguf_exports.STAGE_PROGRESS["checksumming"]):
             raise LeaseLost("checksumming")
@@ -124,7 +98,7 @@ def _export_and_record(lease: gguf_exports.GGUFLease, heartbeat: LeaseHeartbeat)
     done = retry_db(lambda: gguf_exports.finish_gguf_export(lease, target, size, sha256), "finish GGUF export")
     if done is None:
         raise LeaseLost("finish")
-    logger.info("GGUF export %s: %d bytes, sha256 %s", lease.export_id, size, sha256)
+    logger.info("GGUF export %s: %d bytes, sha256 %s", lease.row_id, size, sha256)
     return "succeeded"
 
 
@@ -155,10 +129,3 @@ def describe_gguf_failure(exc: BaseException) -> tuple[str, str]:
     return technical, (f"The GGUF export stopped because of an internal error ({type(exc).__name__}). The "
                        "administrator can see the details in the export's technical error; pressing Export GGUF "
                        "again may work.")
-
-
-def _pause_for_tests(stage: str) -> None:
-    wanted, _, seconds = os.environ.get(PAUSE_VARIABLE, "").partition(":")
-    if wanted == stage and seconds:
-        logger.warning("GGUF export paused %s s at %s (%s is set)", seconds, stage, PAUSE_VARIABLE)
-        time.sleep(float(seconds))

@@ -16,18 +16,21 @@ from .db import CONNECTION_ERRORS, drop_connection
 logger = logging.getLogger(__name__)
 
 
-class Heartbeat:
-    """Renews ``lease`` every JOB_HEARTBEAT_SECONDS. ``lost`` is set once the lease is gone for good (the
-    job was reaped and given to another worker, or ended): the holder must then stop and record nothing."""
+class LeaseHeartbeat:
+    """Renews a row's lease every JOB_HEARTBEAT_SECONDS (or ``interval``) from a thread through ``renew`` (False:
+    the lease is gone). ``lost`` is set once it is gone for good (the row was reaped and given to another worker,
+    ended or deleted): the holder must then stop and record nothing. ``label`` names the row in the log
+    ("merge <id>"). Use it as a context manager, or start() and stop() it."""
 
-    def __init__(self, lease: Lease, interval: float | None = None):
-        self.lease = lease
+    def __init__(self, renew: Callable[[], bool], label: str, interval: float | None = None):
+        self.renew = renew
+        self.label = label
         self.interval = float(interval if interval is not None else settings.JOB_HEARTBEAT_SECONDS)
         self.lost = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{lease.job_id}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{label}", daemon=True)
 
-    def start(self) -> Heartbeat:
+    def start(self) -> LeaseHeartbeat:
         self._thread.start()
         return self
 
@@ -35,53 +38,32 @@ class Heartbeat:
         self._stop.set()
         self._thread.join(timeout=10)
 
+    def __enter__(self) -> LeaseHeartbeat:
+        return self.start()
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()
+
     def _run(self) -> None:
         try:
             while not self._stop.wait(self.interval):
                 try:
-                    if not renew_lease(self.lease):
-                        logger.error("job %s: lease lost (reaped or ended); stopping", self.lease.job_id)
+                    if not self.renew():
+                        logger.error("%s: lease lost (reaped, ended or deleted); stopping", self.label)
                         self.lost.set()
                         return
                 except CONNECTION_ERRORS as exc:
-                    # PostgreSQL restarting: keep training; renew as soon as it is back (the lease is longer
+                    # PostgreSQL restarting: keep working; renew as soon as it is back (the lease is longer
                     # than several heartbeats for this reason).
-                    logger.warning("job %s: cannot renew the lease yet: %s", self.lease.job_id, exc)
-                    drop_connection()
-        finally:
-            drop_connection()
-
-
-class LeaseHeartbeat:
-    """A context manager renewing a row's lease every JOB_HEARTBEAT_SECONDS through ``renew`` (False: the
-    lease is gone). ``lost`` is set once it is gone: the holder must then stop and record nothing.
-    Used for merges and GGUF exports; ``label`` names the row in the log ("merge <id>")."""
-
-    def __init__(self, renew: Callable[[], bool], label: str):
-        self.renew = renew
-        self.label = label
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{label}", daemon=True)
-
-    def __enter__(self) -> LeaseHeartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.wait(float(settings.JOB_HEARTBEAT_SECONDS)):
-                try:
-                    if not self.renew():
-                        logger.error("%s: lease lost (reaped, ended or deleted)", self.label)
-                        self.lost.set()
-                        return
-                except CONNECTION_ERRORS as exc:  # PostgreSQL restarting: renew once it is back
                     logger.warning("%s: cannot renew the lease yet: %s", self.label, exc)
                     drop_connection()
         finally:
             drop_connection()
+
+
+class Heartbeat(LeaseHeartbeat):
+    """A training job's heartbeat (``lease`` from webapp.jobs.leases.claim_job)."""
+
+    def __init__(self, lease: Lease, interval: float | None = None):
+        super().__init__(lambda: renew_lease(lease), f"job {lease.row_id}", interval)
+        self.lease = lease

@@ -12,19 +12,18 @@ download is never partial.
 from __future__ import annotations
 
 import logging
-import os
-import time
 import traceback
-import uuid
 
 from webapp.adapters import merges
 from webapp.adapters.merge_archive import build_merge_archive, remove_partial_files
 from webapp.adapters.models import Merge
+from webapp.lib.leased_work import Lease
 from webapp.lib.storage import remove_path
 
 from .celery import app
 from .db import retry_db
 from .heartbeat import LeaseHeartbeat
+from .leased_task import LeaseLost, pause_for_tests, run_leased_task
 
 logger = logging.getLogger(__name__)
 
@@ -39,64 +38,29 @@ def merge(merge_id: str) -> str:
     return run_merge(merge_id)
 
 
-class MergeHeartbeat(LeaseHeartbeat):
-    """Renews the merge's lease every JOB_HEARTBEAT_SECONDS from a thread; ``lost`` is set once it is gone."""
-
-    def __init__(self, lease: merges.MergeLease):
-        super().__init__(lambda: merges.renew_merge_lease(lease), f"merge {lease.merge_id}")
-        self.lease = lease
-
-
-class LeaseLost(Exception):  # noqa: N818 - a signal, not an error
-    """Another worker took the merge over (or it was deleted): stop and record nothing."""
-
-
 def run_merge(merge_id: str) -> str:
     """Run ``merge_id`` if it is queued. Returns what happened: dropped, succeeded, failed or lost."""
-    try:
-        uuid.UUID(str(merge_id))
-    except ValueError:
-        logger.error("merge: %r is not a merge id; dropped", merge_id)
-        return "dropped"
-    lease = retry_db(lambda: merges.claim_merge(merge_id, merges.new_lease_owner()), "claim merge")
-    if lease is None:
-        row = Merge.objects.filter(pk=merge_id).values_list("state", "lease_owner").first()
-        logger.info("merge %s: not claimable (%s); this delivery is dropped", merge_id, row or "no such merge")
-        return "dropped"
-    logger.info("merge %s: claimed as %s (attempt %d)", merge_id, lease.owner, lease.attempt)
-    with MergeHeartbeat(lease) as heartbeat:
-        try:
-            outcome = _merge_and_record(lease, heartbeat)
-        except LeaseLost:
-            outcome = "lost"
-        except (KeyboardInterrupt, SystemExit):
-            raise  # warm shutdown: the lease expires and the reaper queues the merge again
-        except Exception as exc:
-            logger.exception("merge %s: failed", merge_id)
-            technical, human = describe_merge_failure(exc)
-            outcome = "failed" if merges.fail_merge(lease, technical, human) else "lost"
-    logger.info("merge %s: %s", merge_id, outcome)
-    return outcome
+    return run_leased_task(merges.MERGES, merge_id, merges.claim_merge, _merge_and_record, describe_merge_failure)
 
 
-def _stage(lease: merges.MergeLease, heartbeat: MergeHeartbeat, stage: str) -> None:
-    _pause_for_tests(stage)
+def _stage(lease: Lease, heartbeat: LeaseHeartbeat, stage: str) -> None:
+    pause_for_tests(PAUSE_VARIABLE, stage, "merge")
     if heartbeat.lost.is_set() or not merges.record_merge_progress(lease, stage):
         raise LeaseLost(stage)
-    logger.info("merge %s: %s", lease.merge_id, stage)
+    logger.info("merge %s: %s", lease.row_id, stage)
 
 
-def _merge_and_record(lease: merges.MergeLease, heartbeat: MergeHeartbeat) -> str:
-    merge_row = Merge.objects.select_related("adapter__base_model").get(pk=lease.merge_id)
+def _merge_and_record(lease: Lease, heartbeat: LeaseHeartbeat) -> str:
+    merge_row = Merge.objects.select_related("adapter__base_model").get(pk=lease.row_id)
     try:
         return _merge_files(lease, heartbeat, merge_row)
     except LeaseLost:
-        if not Merge.objects.filter(pk=lease.merge_id).exists():  # deleted with its adapter while merging
+        if not Merge.objects.filter(pk=lease.row_id).exists():  # deleted with its adapter while merging
             remove_path(merges.merge_root(merge_row))
         raise
 
 
-def _merge_files(lease: merges.MergeLease, heartbeat: MergeHeartbeat, merge_row: Merge) -> str:
+def _merge_files(lease: Lease, heartbeat: LeaseHeartbeat, merge_row: Merge) -> str:
     import torch
 
     from lora_engine.device import memory_snapshot
@@ -117,7 +81,7 @@ def _merge_files(lease: merges.MergeLease, heartbeat: MergeHeartbeat, merge_row:
     done = retry_db(lambda: merges.finish_merge(lease, model_dir, result.bytes, peak, max_abs_diff), "finish merge")
     if done is None:
         raise LeaseLost("finish")
-    logger.info("merge %s: verified, max |Δlogit| %.3g, %d bytes in %d shard(s)%s", lease.merge_id, max_abs_diff,
+    logger.info("merge %s: verified, max |Δlogit| %.3g, %d bytes in %d shard(s)%s", lease.row_id, max_abs_diff,
                 result.bytes, result.shards, " (reused the complete merge of an earlier attempt)" if result.reused
                 else "")
     return "succeeded"
@@ -139,10 +103,3 @@ def describe_merge_failure(exc: BaseException) -> tuple[str, str]:
                            "the data directory, then press Merge again.")
     return technical, (f"The merge stopped because of an internal error ({type(exc).__name__}). The administrator "
                        "can see the details in the merge's technical error; pressing Merge again may work.")
-
-
-def _pause_for_tests(stage: str) -> None:
-    wanted, _, seconds = os.environ.get(PAUSE_VARIABLE, "").partition(":")
-    if wanted == stage and seconds:
-        logger.warning("merge paused %s s before %s (%s is set)", seconds, stage, PAUSE_VARIABLE)
-        time.sleep(float(seconds))

@@ -14,9 +14,12 @@ import base64
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
+
+if TYPE_CHECKING:
+    from webapp.lib.leased_work import LeasedWork
 
 logger = logging.getLogger(__name__)
 
@@ -83,36 +86,27 @@ class Reconciler:
         return resend
 
 
+def leased_work_reconciler(app: Celery, work: LeasedWork) -> Reconciler:
+    """The reconciler of a kind of leased work: its queued rows (``work.queued_ids``), sent by ``work.enqueue``."""
+    return Reconciler(app, work.task_name, work.queued_ids, work.enqueue, work.what)
+
+
 def job_reconciler(app: Celery) -> Reconciler:
-    from webapp.jobs.actions import TRAIN_TASK, enqueue_training
-    from webapp.jobs.models import Job
+    from webapp.jobs.actions import JOBS
 
-    def queued_jobs() -> set[str]:
-        rows = Job.objects.filter(state=Job.State.QUEUED, cancel_requested=False).values_list("pk", flat=True)
-        return {str(pk) for pk in rows}
-
-    return Reconciler(app, TRAIN_TASK, queued_jobs, enqueue_training, "job")
+    return leased_work_reconciler(app, JOBS)
 
 
 def merge_reconciler(app: Celery) -> Reconciler:
-    from webapp.adapters.merges import MERGE_TASK, enqueue_merge
-    from webapp.adapters.models import Merge
+    from webapp.adapters.merges import MERGES
 
-    def queued_merges() -> set[str]:
-        return {str(pk) for pk in Merge.objects.filter(state=Merge.State.QUEUED).values_list("pk", flat=True)}
-
-    return Reconciler(app, MERGE_TASK, queued_merges, enqueue_merge, "merge")
+    return leased_work_reconciler(app, MERGES)
 
 
 def gguf_export_reconciler(app: Celery) -> Reconciler:
-    from webapp.adapters.gguf_exports import GGUF_TASK, enqueue_gguf_export
-    from webapp.adapters.models import GGUFExport
+    from webapp.adapters.gguf_exports import GGUF_EXPORTS
 
-    def queued_exports() -> set[str]:
-        rows = GGUFExport.objects.filter(state=GGUFExport.State.QUEUED).values_list("pk", flat=True)
-        return {str(pk) for pk in rows}
-
-    return Reconciler(app, GGUF_TASK, queued_exports, enqueue_gguf_export, "GGUF export")
+    return leased_work_reconciler(app, GGUF_EXPORTS)
 
 
 def playground_reconciler(app: Celery) -> Reconciler:

@@ -96,8 +96,8 @@ class JobRecorder(Callback):
         self._lease_seen = time.monotonic()
         self._live_window = settings.JOB_LEASE_SECONDS / 2
         self._failures = 0
-        self._thread = threading.Thread(target=self._run, name=f"recorder-{lease.job_id}", daemon=True)
-        self._live = LivePusher(lease.job_id)
+        self._thread = threading.Thread(target=self._run, name=f"recorder-{lease.row_id}", daemon=True)
+        self._live = LivePusher(lease.row_id)
         self._close_deadline = math.inf
 
     # --- the trainer's side (hot path: no I/O) ---------------------------------------------------------
@@ -107,7 +107,7 @@ class JobRecorder(Callback):
 
     def on_step(self, m: StepMetrics) -> None:
         if self.lease_lost.is_set():
-            raise LeaseLostError(f"job {self.lease.job_id}: the lease was lost (the job was given to another worker)")
+            raise LeaseLostError(f"job {self.lease.row_id}: the lease was lost (the job was given to another worker)")
         values = _finite(m.to_dict())
         del values["step"], values["split"]
         values["attempt"] = self.lease.attempt
@@ -175,7 +175,7 @@ class JobRecorder(Callback):
         with self._lock:
             left = len(self._pending)
         if left:
-            logger.error("job %s: %d records could not be written before the deadline", self.lease.job_id, left)
+            logger.error("job %s: %d records could not be written before the deadline", self.lease.row_id, left)
         return left == 0
 
     # --- the writer thread ----------------------------------------------------------------------------------
@@ -218,7 +218,7 @@ class JobRecorder(Callback):
                 self._failures += 1
                 if not isinstance(exc, CONNECTION_ERRORS) and self._failures > MAX_RETRIES:
                     # not the database going away but something wrong with this record: skip it
-                    logger.exception("job %s: could not record %s; skipped", self.lease.job_id, items[done][0])
+                    logger.exception("job %s: could not record %s; skipped", self.lease.row_id, items[done][0])
                     self._failures, done = 0, done + 1
                     continue
                 with self._lock:
@@ -226,7 +226,7 @@ class JobRecorder(Callback):
                     self._pending_points += sum(kind == "point" for kind, _ in items[done:])
                 delay = min(0.5 * 2 ** (self._failures - 1), 5.0)
                 logger.warning("job %s: cannot write to the database (%r); %d records buffered, retrying in "
-                               "%.1fs", self.lease.job_id, exc, len(items) - done, delay)
+                               "%.1fs", self.lease.row_id, exc, len(items) - done, delay)
                 time.sleep(delay)
                 return
 
@@ -290,7 +290,7 @@ class JobRecorder(Callback):
         if job is not None:
             self._lease_seen = self._last_check
         if job is None:
-            logger.error("job %s: the lease is no longer ours; stopping", self.lease.job_id)
+            logger.error("job %s: the lease is no longer ours; stopping", self.lease.row_id)
             self.lease_lost.set()
             return
         if job.cancel_requested and not self._cancel_seen:
@@ -306,14 +306,14 @@ class JobRecorder(Callback):
                 return
             self._lease_seen = self._last_check
             if flag and not self._cancel_seen:
-                self._on_cancel_seen(Job.objects.get(pk=self.lease.job_id))
+                self._on_cancel_seen(Job.objects.get(pk=self.lease.row_id))
         except CONNECTION_ERRORS:
             drop_connection()
 
     def _on_cancel_seen(self, job) -> None:
         self._cancel_seen = True
         step = self._last_train.get("step", 0)
-        logger.info("job %s: cancel requested; stopping after step %s", self.lease.job_id, step + 1)
+        logger.info("job %s: cancel requested; stopping after step %s", self.lease.row_id, step + 1)
         add_event(job, f"Cancel request received at step {step}: stopping after the step in progress.", step=step)
 
     def _lost_records(self, start_step: int) -> list[dict[str, Any]]:

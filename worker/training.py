@@ -8,41 +8,28 @@ earlier attempt left one. Every end-state write is conditional on still holding 
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
 from webapp.jobs import actions
 from webapp.jobs.configs import build_run_config
-from webapp.jobs.leases import Lease, claim_job, new_lease_owner
+from webapp.jobs.leases import claim_job
 from webapp.jobs.models import Job
+from webapp.lib.leased_work import Lease
 
 from .db import retry_db
 from .errors import describe_failure
 from .heartbeat import Heartbeat
+from .leased_task import claim_delivery
 from .recorder import JobRecorder
 
 logger = logging.getLogger(__name__)
 
 
-def _valid_id(job_id: str) -> bool:
-    try:
-        uuid.UUID(str(job_id))
-        return True
-    except ValueError:
-        return False
-
-
 def run_training_job(job_id: str) -> str:
     """Train ``job_id`` if it is queued. Returns what happened: dropped, succeeded, cancelled, failed, lost."""
-    if not _valid_id(job_id):
-        logger.error("train: %r is not a job id; dropped", job_id)
-        return "dropped"
-    lease = retry_db(lambda: claim_job(job_id, new_lease_owner()), "claim job")
+    lease = claim_delivery(actions.JOBS, job_id, claim_job)
     if lease is None:
-        row = Job.objects.filter(pk=job_id).values_list("state", "lease_owner").first()
-        logger.info("job %s: not claimable (%s); this delivery is dropped", job_id, row or "no such job")
         return "dropped"
-    logger.info("job %s: claimed as %s (attempt %d)", job_id, lease.owner, lease.attempt)
     heartbeat = Heartbeat(lease).start()
     try:
         return _train_and_record(lease, heartbeat)
@@ -53,7 +40,7 @@ def run_training_job(job_id: str) -> str:
 def _train_and_record(lease: Lease, heartbeat: Heartbeat) -> str:
     import lora_engine
 
-    job = Job.objects.get(pk=lease.job_id)
+    job = Job.objects.get(pk=lease.row_id)
     config = None
     recorder = JobRecorder(lease, lease_lost=heartbeat.lost, output_dir=job.output_dir).start()
     try:
@@ -63,7 +50,7 @@ def _train_and_record(lease: Lease, heartbeat: Heartbeat) -> str:
         recorder.close()
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise  # warm shutdown: the lease expires and the job is queued again
-        logger.exception("job %s: training failed", lease.job_id)
+        logger.exception("job %s: training failed", lease.row_id)
         technical, human = describe_failure(exc, config)
         return _record_end(lease, heartbeat, "failed", lambda: actions.fail_job(lease, technical, human))
     recorder.close()
@@ -74,18 +61,18 @@ def _train_and_record(lease: Lease, heartbeat: Heartbeat) -> str:
 
 def _record_end(lease: Lease, heartbeat: Heartbeat, outcome: str, write: Any) -> str:
     if heartbeat.lost.is_set():
-        logger.warning("job %s: lease lost during training; the end (%s) is not recorded", lease.job_id, outcome)
+        logger.warning("job %s: lease lost during training; the end (%s) is not recorded", lease.row_id, outcome)
         return "lost"
     try:
-        job = retry_db(write, f"record job {lease.job_id} {outcome}")
+        job = retry_db(write, f"record job {lease.row_id} {outcome}")
     except Exception as exc:
         if outcome == "failed":
             raise
-        logger.exception("job %s: recording the end (%s) failed", lease.job_id, outcome)
+        logger.exception("job %s: recording the end (%s) failed", lease.row_id, outcome)
         technical, human = describe_failure(exc)
         return _record_end(lease, heartbeat, "failed", lambda: actions.fail_job(lease, technical, human))
     if job is None:
-        logger.warning("job %s: lease lost before the end (%s) could be recorded", lease.job_id, outcome)
+        logger.warning("job %s: lease lost before the end (%s) could be recorded", lease.row_id, outcome)
         return "lost"
-    logger.info("job %s: %s", lease.job_id, outcome)
+    logger.info("job %s: %s", lease.row_id, outcome)
     return outcome

@@ -12,17 +12,11 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
-from django.conf import settings
-from django.db import transaction
-from django.db.models import DateTimeField, F, QuerySet, Value
-from django.db.models.functions import Coalesce
-from django.utils import timezone
 from django.utils.text import slugify
 
+from webapp.lib.leased_work import Lease, LeasedWork, send_task_best_effort, stage_name
 from webapp.lib.storage import data_path, relative_to_data
 
 from .merges import merge_root
@@ -90,13 +84,7 @@ def downloadable_gguf(export: GGUFExport | None) -> Path | None:
 
 def stage_of(export: GGUFExport) -> str:
     """How far an export got, for people: queued, writing, checksumming, done, failed."""
-    if export.state == GGUFExport.State.FAILED:
-        return "failed"
-    if export.state == GGUFExport.State.SUCCEEDED:
-        return "done"
-    if export.state == GGUFExport.State.QUEUED:
-        return "queued"
-    return next((name for name, mark in reversed(STAGES) if export.progress >= mark), "writing")
+    return stage_name(export, STAGES)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -106,18 +94,18 @@ def stage_of(export: GGUFExport) -> str:
 def enqueue_gguf_export(export_id: uuid.UUID | str) -> bool:
     """Send the Celery message that wakes a worker for ``export_id``. Never raises: a queued export whose
     message was lost is sent again by the workers' reconciler (worker.maintenance)."""
-    try:
-        from worker.celery import app  # the broker client; tasks go by name
-
-        app.send_task(GGUF_TASK, args=[str(export_id)])
-        return True
-    except Exception:  # noqa: BLE001 - Redis down: the export stays queued in the database
-        logger.exception("could not enqueue GGUF export %s; it is sent again when a worker starts", export_id)
-        return False
+    return send_task_best_effort(GGUF_TASK, export_id, "GGUF export")
 
 
-def _enqueue_on_commit(export_id: uuid.UUID) -> None:
-    transaction.on_commit(lambda: enqueue_gguf_export(export_id))
+def _killed_message(attempts: int) -> str:
+    return (f"The worker exporting this merged model stopped responding {attempts} times (killed, or its machine "
+            "went away), so it is not retried again. Check the worker's memory and disk, then press Export GGUF "
+            "again.")
+
+
+# enqueue_gguf_export is looked up when called, so a test can replace it.
+GGUF_EXPORTS = LeasedWork(GGUFExport, GGUF_TASK, "GGUF export",
+                          enqueue=lambda export_id: enqueue_gguf_export(export_id), killed_message=_killed_message)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -143,146 +131,37 @@ def request_gguf_export(merge: Merge) -> tuple[GGUFExport, bool]:
         GGUFExportRejected: the merge has not succeeded or its files are gone.
     """
     merged_model_dir(merge)
-    with transaction.atomic():
-        export, created = GGUFExport.objects.select_for_update().get_or_create(
-            merge=merge, dtype=GGUF_DTYPE, defaults={"owner": merge.owner})
-        export.merge = merge
-        queued_again = False
-        if export.state == GGUFExport.State.FAILED or (
-                export.state == GGUFExport.State.SUCCEEDED and downloadable_gguf(export) is None):
-            _reset_for_retry(export)
-            queued_again = True
-        if export.state == GGUFExport.State.QUEUED:
-            _enqueue_on_commit(export.pk)
-    if created or queued_again:
+    export, queued = GGUF_EXPORTS.request({"merge": merge, "dtype": GGUF_DTYPE}, {"owner": merge.owner},
+                                          output_gone=lambda export: downloadable_gguf(export) is None,
+                                          sha256="", storage_path="", size_bytes=0)
+    if queued:
         logger.info("GGUF export %s of merge %s queued", export.pk, merge.pk)
-    return export, created or queued_again
-
-
-def _reset_for_retry(export: GGUFExport) -> None:
-    export.state, export.progress, export.attempt = GGUFExport.State.QUEUED, 0.0, 0
-    export.error = export.error_message = export.lease_owner = export.sha256 = export.storage_path = ""
-    export.started_at = export.finished_at = export.lease_expires_at = None
-    export.size_bytes = 0
-    export.save()
+    return export, queued
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The worker's hold on an export
+# The worker's hold on an export (webapp.lib.leased_work): every write after the claim needs the lease
 
 
-@dataclass(frozen=True)
-class GGUFLease:
-    """A worker's hold on an export for one attempt."""
-
-    export_id: uuid.UUID
-    owner: str
-    attempt: int
-
-    def rows(self) -> QuerySet[GGUFExport]:
-        """The export, if (and only if) this lease still holds it."""
-        return GGUFExport.objects.filter(pk=self.export_id, state=GGUFExport.State.RUNNING, lease_owner=self.owner,
-                                         attempt=self.attempt)
-
-
-def _expiry():
-    return timezone.now() + timedelta(seconds=settings.JOB_LEASE_SECONDS)
-
-
-def claim_gguf_export(export_id: uuid.UUID | str, owner: str) -> GGUFLease | None:
+def claim_gguf_export(export_id: uuid.UUID | str, owner: str) -> Lease | None:
     """Take a queued export in one conditional UPDATE (queued → running, attempt + 1, lease for ``owner``).
 
     Returns:
         The lease, or None when the export is not queued (another worker holds it, it ended, or it is gone).
     """
-    now = timezone.now()
-    claimed = GGUFExport.objects.filter(pk=export_id, state=GGUFExport.State.QUEUED).update(
-        state=GGUFExport.State.RUNNING, attempt=F("attempt") + 1, lease_owner=owner, lease_expires_at=_expiry(),
-        started_at=Coalesce(F("started_at"), Value(now, output_field=DateTimeField())),
-        progress=STAGE_PROGRESS["writing"], error="", error_message="",
-    )
-    if not claimed:
-        return None
-    attempt = GGUFExport.objects.filter(pk=export_id).values_list("attempt", flat=True).get()
-    return GGUFLease(uuid.UUID(str(export_id)), owner, attempt)
+    return GGUF_EXPORTS.claim(export_id, owner, progress=STAGE_PROGRESS["writing"])
 
 
-def renew_gguf_lease(lease: GGUFLease) -> bool:
-    """Push the lease's expiry forward. False when the lease is lost (reaped, ended or deleted)."""
-    return lease.rows().update(lease_expires_at=_expiry()) == 1
-
-
-def record_gguf_progress(lease: GGUFLease, progress: float) -> bool:
-    """Record how far the worker got (0..1). False when the lease is lost."""
-    return lease.rows().update(progress=min(max(progress, 0.0), 1.0), lease_expires_at=_expiry()) == 1
-
-
-def finish_gguf_export(lease: GGUFLease, path: Path, size_bytes: int, sha256: str) -> GGUFExport | None:
+def finish_gguf_export(lease: Lease, path: Path, size_bytes: int, sha256: str) -> GGUFExport | None:
     """Record an export whose file is complete at ``path``: it is now offered for download.
 
     Returns:
         The export, or None when the lease was lost (nothing is changed then).
     """
-    with transaction.atomic():
-        export = lease.rows().select_for_update().first()
-        if export is None:
-            return None
-        export.state, export.finished_at, export.progress = GGUFExport.State.SUCCEEDED, timezone.now(), 1.0
-        export.storage_path, export.size_bytes, export.sha256 = relative_to_data(path), size_bytes, sha256
-        export.lease_owner, export.lease_expires_at = "", None
-        export.save()
-    return export
+    return GGUF_EXPORTS.finish(lease, storage_path=relative_to_data(path), size_bytes=size_bytes, sha256=sha256)
 
 
-def fail_gguf_export(lease: GGUFLease, technical: str, human: str) -> GGUFExport | None:
-    """Record a failed export: the technical error for admins, a message for people. None if the lease is lost."""
-    with transaction.atomic():
-        export = lease.rows().select_for_update().first()
-        if export is None:
-            return None
-        export.state, export.finished_at = GGUFExport.State.FAILED, timezone.now()
-        export.error, export.error_message = technical[-20000:], human
-        export.lease_owner, export.lease_expires_at = "", None
-        export.save()
-    return export
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Workers that died (their lease expired)
-
-
-def _killed_message(attempts: int) -> str:
-    return (f"The worker exporting this merged model stopped responding {attempts} times (killed, or its machine "
-            "went away), so it is not retried again. Check the worker's memory and disk, then press Export GGUF "
-            "again.")
-
-
-def reap_expired_gguf_exports() -> dict[uuid.UUID, str]:
-    """Queue again (or fail, after JOB_MAX_ATTEMPTS attempts) every running export whose lease expired.
-
-    Returns:
-        ``{export id: "requeued" | "failed"}``.
-    """
-    now = timezone.now()
-    outcomes: dict[uuid.UUID, str] = {}
-    with transaction.atomic():
-        expired = (GGUFExport.objects.select_for_update(skip_locked=True)
-                   .filter(state=GGUFExport.State.RUNNING, lease_expires_at__lt=now)
-                   .order_by("lease_expires_at")[:100])
-        for export in expired:
-            dead_owner = export.lease_owner
-            export.lease_owner, export.lease_expires_at = "", None
-            if export.attempt >= settings.JOB_MAX_ATTEMPTS:
-                export.state, export.finished_at = GGUFExport.State.FAILED, now
-                export.error = f"lease expired {export.attempt} times; last lease owner {dead_owner}"
-                export.error_message = _killed_message(export.attempt)
-                outcomes[export.pk] = "failed"
-            else:
-                export.state, export.progress = GGUFExport.State.QUEUED, 0.0
-                _enqueue_on_commit(export.pk)
-                outcomes[export.pk] = "requeued"
-            export.save(update_fields=["state", "progress", "finished_at", "lease_owner", "lease_expires_at",
-                                       "error", "error_message"])
-    for export_id, outcome in outcomes.items():
-        logger.warning("GGUF export %s: lease expired, %s", export_id, outcome)
-    return outcomes
+renew_gguf_lease = GGUF_EXPORTS.renew
+record_gguf_progress = GGUF_EXPORTS.record_progress  # (lease, 0..1)
+fail_gguf_export = GGUF_EXPORTS.fail
+reap_expired_gguf_exports = GGUF_EXPORTS.reap_expired  # workers that died: requeue, or fail after JOB_MAX_ATTEMPTS

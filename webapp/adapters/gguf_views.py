@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from webapp.api.errors import ApiError, api_endpoint
 from webapp.lib.downloads import ranged_file_response
+from webapp.lib.leased_work_views import lifecycle_json, not_ready_message
 from webapp.lib.owned import get_owned_or_404
 
 from .gguf_exports import (
@@ -33,39 +34,22 @@ from .models import GGUFExport, Merge
 GGUF_CONTENT_TYPE = "application/octet-stream"
 
 
-def _timestamp(value) -> int | None:
-    return int(value.timestamp()) if value else None
-
-
 def gguf_export_json(export: GGUFExport, user=None) -> dict:
     """The JSON shape of an export (API, and inside a merge's JSON). The technical error is for staff."""
     path = downloadable_gguf(export)
-    seconds = (export.finished_at - export.started_at).total_seconds() if export.finished_at and export.started_at \
-        else None
     merge = export.merge
-    data = {
+    return {
         "id": str(export.id),
         "object": "gguf_export",
         "merge_id": str(merge.id),
         "adapter_id": str(merge.adapter_id),
         "dtype": export.dtype,
-        "state": export.state,
-        "stage": stage_of(export),
-        "progress": round(export.progress, 4),
-        "attempt": export.attempt,
-        "error_message": export.error_message or None,
-        "created_at": _timestamp(export.created_at),
-        "started_at": _timestamp(export.started_at),
-        "finished_at": _timestamp(export.finished_at),
-        "seconds": round(seconds, 3) if seconds is not None else None,
+        **lifecycle_json(export, stage_of(export), user),
         "size_bytes": export.size_bytes if path else None,
         "sha256": export.sha256 if path else None,
         "download_url": f"/api/merges/{merge.id}/gguf/download" if path else None,
         "page_download_url": f"/adapters/{merge.adapter_id}/merges/{merge.id}/gguf/download" if path else None,
     }
-    if user is not None and user.is_staff:
-        data["error"] = export.error or None
-    return data
 
 
 def merge_gguf_json(merge: Merge, user=None) -> dict | None:
@@ -77,13 +61,8 @@ def merge_gguf_json(merge: Merge, user=None) -> dict | None:
 def _not_ready_message(export: GGUFExport | None) -> str:
     if export is None:
         return "No GGUF export of this merge was requested; request one first (POST /api/merges/<id>/gguf)."
-    if export.state == GGUFExport.State.FAILED:
-        return (f"This GGUF export failed ({export.error_message or 'no details'}), so there is nothing to download. "
-                "Request it again to retry.")
-    if export.state == GGUFExport.State.SUCCEEDED:
-        return "The GGUF file is missing on the server; request the export again."
-    return (f"This GGUF export is {export.state} ({stage_of(export)}); the file is offered for download once it has "
-            "succeeded.")
+    return not_ready_message(export, "GGUF export", stage_of(export), "the file",
+                             "The GGUF file is missing on the server; request the export again.")
 
 
 def _owned_merge(request: HttpRequest, **lookup) -> Merge:

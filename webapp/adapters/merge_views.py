@@ -21,16 +21,13 @@ from django.views.decorators.http import require_GET, require_POST
 
 from webapp.api.errors import ApiError, api_endpoint, parse_json_body
 from webapp.lib.downloads import ranged_file_response
+from webapp.lib.leased_work_views import lifecycle_json, not_ready_message
 from webapp.lib.owned import get_owned_or_404
 
 from .gguf_views import merge_gguf_json
 from .merge_archive import archive_folder, archive_path, archive_sha256
 from .merges import MergeRejected, request_merge, stage_of
 from .models import Adapter, Merge
-
-
-def _timestamp(value) -> int | None:
-    return int(value.timestamp()) if value else None
 
 
 def downloadable_archive(merge: Merge) -> Path | None:
@@ -44,22 +41,12 @@ def downloadable_archive(merge: Merge) -> Path | None:
 def merge_json(merge: Merge, user=None) -> dict:
     """The JSON shape of a merge (API and the adapter page's polling). The technical error is for staff."""
     archive = downloadable_archive(merge)
-    seconds = (merge.finished_at - merge.started_at).total_seconds() if merge.finished_at and merge.started_at \
-        else None
-    data = {
+    return {
         "id": str(merge.id),
         "object": "merge",
         "adapter_id": str(merge.adapter_id),
         "dtype": merge.dtype,
-        "state": merge.state,
-        "stage": stage_of(merge),
-        "progress": round(merge.progress, 4),
-        "attempt": merge.attempt,
-        "error_message": merge.error_message or None,
-        "created_at": _timestamp(merge.created_at),
-        "started_at": _timestamp(merge.started_at),
-        "finished_at": _timestamp(merge.finished_at),
-        "seconds": round(seconds, 3) if seconds is not None else None,
+        **lifecycle_json(merge, stage_of(merge), user),
         "peak_memory_bytes": merge.peak_memory_bytes,
         "size_bytes": merge.size_bytes or None,
         "verification": {"max_abs_diff": merge.max_abs_diff},
@@ -70,19 +57,11 @@ def merge_json(merge: Merge, user=None) -> dict:
         "page_download_url": f"/adapters/{merge.adapter_id}/merges/{merge.id}/download" if archive else None,
         "gguf_export": merge_gguf_json(merge, user),
     }
-    if user is not None and user.is_staff:
-        data["error"] = merge.error or None
-    return data
 
 
 def _not_ready_message(merge: Merge) -> str:
-    if merge.state == Merge.State.FAILED:
-        return (f"This merge failed ({merge.error_message or 'no details'}), so there is nothing to download. "
-                "Request it again to retry.")
-    if merge.state == Merge.State.SUCCEEDED:
-        return "The merged model's archive is missing on the server; request the merge again."
-    return (f"This merge is {merge.state} ({stage_of(merge)}); the merged model is offered for download once it "
-            "has succeeded.")
+    return not_ready_message(merge, "merge", stage_of(merge), "the merged model",
+                             "The merged model's archive is missing on the server; request the merge again.")
 
 
 def _download(request: HttpRequest, merge: Merge) -> HttpResponse | None:

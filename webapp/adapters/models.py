@@ -50,8 +50,9 @@ class Adapter(models.Model):
         return settings.DATA_DIR / self.storage_path
 
 
-class Merge(models.Model):
-    """An adapter merged into a 16-bit copy of its base; tracked like a job, idempotent per adapter+dtype."""
+class LeasedWorkRow(models.Model):
+    """The lifecycle fields of work a worker runs under a lease (see webapp.lib.leased_work): queued → running →
+    succeeded | failed, with attempts and the lease."""
 
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -59,10 +60,6 @@ class Merge(models.Model):
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="merges")
-    adapter = models.ForeignKey(Adapter, on_delete=models.CASCADE, related_name="merges")
-    dtype = models.CharField(max_length=10, default="auto")
     state = models.CharField(max_length=20, choices=State.choices, default=State.QUEUED)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -70,10 +67,6 @@ class Merge(models.Model):
     progress = models.FloatField(default=0.0)
     error = models.TextField(blank=True)
     error_message = models.TextField(blank=True)
-    storage_path = models.CharField(max_length=500, blank=True)
-    size_bytes = models.BigIntegerField(default=0)
-    peak_memory_bytes = models.BigIntegerField(null=True, blank=True)
-    max_abs_diff = models.FloatField(null=True, blank=True, help_text="Merged vs base+adapter logits.")
     attempt = models.IntegerField(default=0)
     lease_owner = models.CharField(max_length=200, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
@@ -81,39 +74,37 @@ class Merge(models.Model):
     objects = OwnedQuerySet.as_manager()
 
     class Meta:
+        abstract = True
+
+
+class Merge(LeasedWorkRow):
+    """An adapter merged into a 16-bit copy of its base; tracked like a job, idempotent per adapter+dtype."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="merges")
+    adapter = models.ForeignKey(Adapter, on_delete=models.CASCADE, related_name="merges")
+    dtype = models.CharField(max_length=10, default="auto")
+    storage_path = models.CharField(max_length=500, blank=True)
+    size_bytes = models.BigIntegerField(default=0)
+    peak_memory_bytes = models.BigIntegerField(null=True, blank=True)
+    max_abs_diff = models.FloatField(null=True, blank=True, help_text="Merged vs base+adapter logits.")
+
+    class Meta:
         ordering = ["-created_at"]
         constraints = [models.UniqueConstraint(fields=["adapter", "dtype"], name="merge_unique_adapter_dtype")]
 
 
-class GGUFExport(models.Model):
+class GGUFExport(LeasedWorkRow):
     """A succeeded merge written as a llama.cpp GGUF model file by a worker; tracked like a merge (queued →
     running → succeeded | failed, a lease, attempts), one per merge and GGUF dtype."""
-
-    class State(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="gguf_exports")
     merge = models.ForeignKey(Merge, on_delete=models.CASCADE, related_name="gguf_exports")
     dtype = models.CharField(max_length=10, default="f16", help_text="The GGUF's matrix type (f16 or f32).")
-    state = models.CharField(max_length=20, choices=State.choices, default=State.QUEUED)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    progress = models.FloatField(default=0.0)
-    error = models.TextField(blank=True)
-    error_message = models.TextField(blank=True)
     storage_path = models.CharField(max_length=500, blank=True, help_text="The complete .gguf, relative to DATA_DIR.")
     size_bytes = models.BigIntegerField(default=0)
     sha256 = models.CharField(max_length=64, blank=True, help_text="Of the complete .gguf file.")
-    attempt = models.IntegerField(default=0)
-    lease_owner = models.CharField(max_length=200, blank=True)
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
-
-    objects = OwnedQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from webapp.basemodels.models import BaseModel
 from webapp.datasets.models import Dataset
+from webapp.lib.leased_work import LeasedWork, send_task_best_effort
 
 from . import events
 from .configs import architecture_problems, build_run_config, clean_settings, param_for_problem
@@ -56,18 +57,14 @@ def emit_state_on_commit(job: Job) -> None:
 def enqueue_training(job_id: uuid.UUID | str) -> bool:
     """Send the Celery message that wakes a worker for ``job_id``. Never raises: if the broker is down,
     the workers' reconciler sends it later (the job stays queued in the database)."""
-    try:
-        from worker.celery import app  # the broker client (configured from settings); tasks go by name
-
-        app.send_task(TRAIN_TASK, args=[str(job_id)], task_id=str(job_id))
-        return True
-    except Exception:  # noqa: BLE001 - Redis down: the reconciler re-sends queued jobs
-        logger.exception("could not enqueue job %s; a worker's reconciler will send it", job_id)
-        return False
+    return send_task_best_effort(TRAIN_TASK, job_id, "job", task_id=str(job_id))
 
 
-def enqueue_on_commit(job_id: uuid.UUID | str) -> None:
-    transaction.on_commit(lambda: enqueue_training(job_id))
+# The jobs' lease lifecycle (claimed in leases.py, reaped in reaper.py). enqueue_training is looked up when
+# called, so a test can replace it. A job someone asked to cancel is not claimed (nor sent again).
+JOBS = LeasedWork(Job, TRAIN_TASK, "job", enqueue=lambda job_id: enqueue_training(job_id),
+                  claimable={"cancel_requested": False})
+enqueue_on_commit = JOBS.enqueue_on_commit
 
 
 def _revoke(job_id: uuid.UUID | str) -> None:
@@ -198,11 +195,7 @@ def _held(lease) -> Job | None:
 
 
 def _end(job: Job, state: str, **fields: Any) -> None:
-    for name, value in fields.items():
-        setattr(job, name, value)
-    job.state, job.finished_at = state, timezone.now()
-    job.lease_owner, job.lease_expires_at = "", None
-    job.save()
+    JOBS.end(job, state, **fields)
     emit_state_on_commit(job)
 
 

@@ -1,4 +1,5 @@
-"""Who runs a job: a lease on its row, claimed by compare-and-set and renewed by a heartbeat.
+"""Who runs a job: a lease on its row (webapp.lib.leased_work), claimed by compare-and-set and renewed by a
+heartbeat; and the writes only the lease holder makes (progress, metric points, checkpoints).
 
 The Celery message only wakes a worker. A worker claims a queued job by flipping it to running with its own
 name, a new attempt number and an expiry in one conditional UPDATE; a second delivery of a job someone holds
@@ -9,47 +10,19 @@ checkpoints, the end state) is conditional on still holding that lease, so a wor
 
 from __future__ import annotations
 
-import os
 import socket
 import uuid
-from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import DateTimeField, F, QuerySet, Value
-from django.db.models.functions import Coalesce
-from django.utils import timezone
 
+from webapp.lib.leased_work import Lease
 from webapp.lib.storage import relative_to_data
 
-from .actions import add_event, emit_state_on_commit
+from .actions import JOBS, add_event, emit_state_on_commit
 from .models import Checkpoint, Job, MetricPoint
-
-
-@dataclass(frozen=True)
-class Lease:
-    """A worker's hold on a job for one attempt."""
-
-    job_id: uuid.UUID
-    owner: str
-    attempt: int
-
-    def rows(self) -> QuerySet[Job]:
-        """The job, if (and only if) this lease still holds it."""
-        return Job.objects.filter(pk=self.job_id, state=Job.State.RUNNING, lease_owner=self.owner,
-                                  attempt=self.attempt)
-
-
-def new_lease_owner() -> str:
-    """A name unique to this worker process and this task run (host:pid:random)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _expiry():
-    return timezone.now() + timedelta(seconds=settings.JOB_LEASE_SECONDS)
 
 
 def claim_job(job_id: uuid.UUID | str, owner: str) -> Lease | None:
@@ -58,26 +31,18 @@ def claim_job(job_id: uuid.UUID | str, owner: str) -> Lease | None:
     Returns:
         The lease, or None when the job is not queued (someone holds it, it ended, it was cancelled or deleted).
     """
-    now = timezone.now()
     with transaction.atomic():
-        claimed = Job.objects.filter(pk=job_id, state=Job.State.QUEUED, cancel_requested=False).update(
-            state=Job.State.RUNNING, attempt=F("attempt") + 1, lease_owner=owner, lease_expires_at=_expiry(),
-            started_at=Coalesce(F("started_at"), Value(now, output_field=DateTimeField())),
-            worker_host=socket.gethostname()[:200], error="", error_message="", eta_seconds=None,
-        )
-        if not claimed:
+        lease = JOBS.claim(job_id, owner, worker_host=socket.gethostname()[:200], eta_seconds=None)
+        if lease is None:
             return None
-        job = Job.objects.select_related("owner").get(pk=job_id)
-        lease = Lease(job.pk, owner, job.attempt)
+        job = Job.objects.select_related("owner").get(pk=lease.row_id)
         again = f" (attempt {job.attempt})" if job.attempt > 1 else ""
         add_event(job, f"Worker {job.worker_host} picked up the job{again}.", attempt=job.attempt)
         emit_state_on_commit(job)
     return lease
 
 
-def renew_lease(lease: Lease) -> bool:
-    """Push the lease's expiry forward. False when the lease is lost (the job was reaped or ended)."""
-    return lease.rows().update(lease_expires_at=_expiry()) == 1
+renew_lease = JOBS.renew  # False when the lease is lost (the job was reaped or ended)
 
 
 def record_run_info(lease: Lease, info: Any, device_name: str) -> Job | None:
@@ -154,7 +119,7 @@ def record_metric_points(lease: Lease, points: list[dict[str, Any]],
 def stored_point_keys(lease: Lease, after_step: int) -> set[tuple[int, str]]:
     """The (step, split) of the job's stored points after ``after_step``: what a resumed run replays but must not
     store (nor push) again."""
-    return set(MetricPoint.objects.filter(job_id=lease.job_id, step__gt=after_step).values_list("step", "split"))
+    return set(MetricPoint.objects.filter(job_id=lease.row_id, step__gt=after_step).values_list("step", "split"))
 
 
 def _log_points(job: Job, stored: list[dict[str, Any]], total_steps: int) -> None:

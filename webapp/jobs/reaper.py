@@ -9,17 +9,12 @@ worker runs the reaper on a timer; ``skip_locked`` and the conditional writes ma
 
 from __future__ import annotations
 
-import logging
 import uuid
 
 from django.conf import settings
-from django.db import transaction
-from django.utils import timezone
 
-from .actions import add_event, emit_state_on_commit, enqueue_on_commit
+from .actions import JOBS, add_event, emit_state_on_commit
 from .models import Checkpoint, Job
-
-logger = logging.getLogger(__name__)
 
 
 def _killed_message(job: Job) -> str:
@@ -56,7 +51,7 @@ def _reap(job: Job, now) -> str:
         where = f"from its checkpoint at step {latest}" if latest else "from the start (no checkpoint yet)"
         add_event(job, f"The worker stopped responding; the job is queued again and will resume {where}.",
                   level="warning", attempt=job.attempt, resume_step=latest or 0)
-        enqueue_on_commit(job.pk)
+        JOBS.enqueue_on_commit(job.pk)
         outcome = "requeued"
     job.save(update_fields=["state", "finished_at", "lease_owner", "lease_expires_at", "error", "error_message"])
     emit_state_on_commit(job)
@@ -69,13 +64,4 @@ def reap_expired_leases() -> dict[uuid.UUID, str]:
     Returns:
         ``{job id: "requeued" | "failed" | "cancelled"}``.
     """
-    now = timezone.now()
-    outcomes: dict[uuid.UUID, str] = {}
-    with transaction.atomic():
-        expired = (Job.objects.select_for_update(skip_locked=True)
-                   .filter(state=Job.State.RUNNING, lease_expires_at__lt=now).order_by("lease_expires_at")[:100])
-        for job in expired:
-            outcomes[job.pk] = _reap(job, now)
-    for job_id, outcome in outcomes.items():
-        logger.warning("job %s: lease expired, %s", job_id, outcome)
-    return outcomes
+    return JOBS.reap_expired(_reap)

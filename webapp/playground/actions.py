@@ -6,7 +6,6 @@ The worker is the only writer of a running session, one answer after the other.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -19,11 +18,10 @@ from django.utils import timezone
 from lora_engine.playground import GenerationSettings
 from webapp.adapters.models import Adapter
 from webapp.basemodels.models import BaseModel
+from webapp.lib.leased_work import send_task_best_effort
 
 from . import events
 from .models import MAX_ADAPTERS, PlaygroundSession
-
-logger = logging.getLogger(__name__)
 
 PLAYGROUND_TASK = "worker.tasks.playground"
 MAX_PROMPT_CHARS = 20_000
@@ -115,14 +113,7 @@ def create_session(owner, base_model: BaseModel, adapters: Sequence[Adapter], pr
 
 def enqueue_session(session_id: uuid.UUID | str) -> bool:
     """Send the Celery message that wakes a worker. Never raises (the session then stays queued)."""
-    try:
-        from worker.celery import app  # the broker client; tasks go by name
-
-        app.send_task(PLAYGROUND_TASK, args=[str(session_id)])
-        return True
-    except Exception:  # noqa: BLE001 - broker down: the session stays queued and says so
-        logger.exception("could not enqueue playground session %s", session_id)
-        return False
+    return send_task_best_effort(PLAYGROUND_TASK, session_id, "playground session")
 
 
 # ---------------------------------------------------------------------------------------------------------
