@@ -9,6 +9,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.test import Client, override_settings
 
 from webapp.accounts.keys import create_api_key
@@ -202,7 +203,7 @@ def test_deactivating_a_user_closes_all_their_sockets(job, owner):
 @override_settings(
     JOBS_WS_REJOIN_SECONDS=0.5,
     CHANNEL_LAYERS={"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                                "CONFIG": {"hosts": ["redis://127.0.0.1:6379/0"], "group_expiry": 2}}},
+                                "CONFIG": {"hosts": [settings.REDIS_URL], "group_expiry": 2}}},
 )
 def test_long_lived_sockets_rejoin_before_the_group_expires(job, owner):
     cookie = session_cookie(owner)
