@@ -20,6 +20,7 @@ from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
+from lora_engine import json_nesting
 from lora_engine.errors import LoraEngineError, disk_full_message, is_disk_full
 from webapp.accounts.middleware import api_error
 from webapp.datasets.actions import DatasetRejected
@@ -64,14 +65,14 @@ def parse_json_body(request: HttpRequest) -> dict[str, Any]:
     """The request body as a JSON object.
 
     Raises:
-        ApiError: not JSON, NaN/Infinity literals, or not an object. (A body over DATA_UPLOAD_MAX_MEMORY_SIZE
-            raises RequestDataTooBig, answered 413 by :func:`api_endpoint`.)
+        ApiError: not JSON, NaN/Infinity literals, nested too deeply, or not an object. (A body over
+            DATA_UPLOAD_MAX_MEMORY_SIZE raises RequestDataTooBig, answered 413 by :func:`api_endpoint`.)
     """
     raw = request.body
     if not raw.strip():
         raise ApiError("The request body is empty: send a JSON object (Content-Type: application/json).")
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = json_nesting.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(f"We could not parse the JSON body of your request ({exc}). Send a JSON object "
                        "with Content-Type: application/json.") from None
