@@ -23,6 +23,7 @@ from django.views.decorators.csrf import csrf_exempt
 from lora_engine import json_nesting
 from lora_engine.errors import LoraEngineError, disk_full_message, is_disk_full
 from webapp.accounts.middleware import api_error
+from webapp.adapters.validation import AdapterDiskFull
 from webapp.datasets.actions import DatasetRejected
 from webapp.datasets.preview import PreviewError
 from webapp.jobs.actions import JobRejected
@@ -120,6 +121,8 @@ def error_for_exception(exc: Exception) -> ApiError | None:
                         "(multipart) and refer to it by its file id.", status=413, code="request_too_large")
     if isinstance(exc, (TooManyFieldsSent, MultiPartParserError, SuspiciousOperation)):
         return ApiError(f"The request could not be read: {exc}", code="invalid_request")
+    if isinstance(exc, AdapterDiskFull):
+        return ApiError(str(exc), status=exc.status, code=exc.code, error_type="server_error")
     if isinstance(exc, DatasetRejected):
         return ApiError(str(exc), status=exc.status, param=exc.param, code=exc.code, problems=exc.problems)
     if isinstance(exc, JobRejected):
