@@ -37,6 +37,8 @@ def train_points(page) -> int:
 @pytest.mark.stack
 def test_a_running_job_page_draws_history_then_live_points(transactional_db, owner, page, tmp_path):
     job = make_job(owner, suffix="watched")
+    job.device = "cpu"
+    job.save()
     add_points(job, range(1, 21))  # history, loaded from the metrics API
     server, base_url = start_asgi_server(tmp_path)
     try:
@@ -46,6 +48,10 @@ def test_a_running_job_page_draws_history_then_live_points(transactional_db, own
         page.wait_for_function("document.querySelector('[data-testid=train-points]').textContent === '20'")
         page.wait_for_function("document.querySelector('[data-testid=live]').textContent === 'live'")
         assert page.locator("#chart-loss canvas").count() == 1
+        # On CPU the memory chart shows RSS growth over the process before the model loaded, and says so.
+        assert page.locator("#chart-mem .u-title").inner_text().startswith(
+            "Memory: RSS growth since before the model loaded (dashed: estimate")
+        assert {"RSS growth", "peak RSS growth"} <= set(page.locator("#chart-mem .u-legend th").all_inner_texts())
 
         # Live points as the worker's recorder sends them: stored first, then emitted.
         for start in (21, 31):
