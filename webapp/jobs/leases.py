@@ -62,6 +62,7 @@ def claim_job(job_id: uuid.UUID | str, owner: str) -> Lease | None:
     with transaction.atomic():
         claimed = Job.objects.filter(pk=job_id, state=Job.State.QUEUED, cancel_requested=False).update(
             state=Job.State.RUNNING, attempt=F("attempt") + 1, lease_owner=owner, lease_expires_at=_expiry(),
+            unclaimed_deliveries=0,
             started_at=Coalesce(F("started_at"), Value(now, output_field=DateTimeField())),
             worker_host=socket.gethostname()[:200], error="", error_message="", eta_seconds=None,
         )
