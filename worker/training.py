@@ -8,11 +8,11 @@ earlier attempt left one. Every end-state write is conditional on still holding 
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
 from webapp.jobs import actions
 from webapp.jobs.configs import build_run_config
+from webapp.jobs.deliveries import is_job_id
 from webapp.jobs.leases import Lease, claim_job, new_lease_owner
 from webapp.jobs.models import Job
 
@@ -24,17 +24,9 @@ from .recorder import JobRecorder
 logger = logging.getLogger(__name__)
 
 
-def _valid_id(job_id: str) -> bool:
-    try:
-        uuid.UUID(str(job_id))
-        return True
-    except ValueError:
-        return False
-
-
 def run_training_job(job_id: str) -> str:
     """Train ``job_id`` if it is queued. Returns what happened: dropped, succeeded, cancelled, failed, lost."""
-    if not _valid_id(job_id):
+    if not is_job_id(job_id):
         logger.error("train: %r is not a job id; dropped", job_id)
         return "dropped"
     lease = retry_db(lambda: claim_job(job_id, new_lease_owner()), "claim job")
