@@ -107,6 +107,10 @@ FAULTS.update({
     "test_downloading_an_adapter_whose_archive_cannot_be_built_is_a_507":
         ("a full tmpfs as DATA_DIR when the download archive is built (page and API)",
          "507 (disk_full); no partial zip left"),
+    "test_a_multipart_upload_spooled_to_a_full_disk_is_a_507_even_before_the_view":
+        ("a full tmpfs under a browser's multipart upload (adapter and data set pages, CSRF enforced): Django "
+         "spools the files while the CSRF check reads the body, before any view runs",
+         "507 with the disk-full page (handler500), not a 500; no partial file"),
     "test_the_analysis_is_shown_when_its_cache_cannot_be_written":
         ("a full tmpfs as DATA_DIR when the analysis cache is written", "the analysis is shown; no cache file"),
 })

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
 
 from tests.support.disk import files_under, fill_up
 from webapp.adapters.models import Adapter
@@ -99,3 +100,26 @@ def test_the_analysis_is_shown_when_its_cache_cannot_be_written(owner_client, ap
     assert answer.status_code == 200 and answer.json()["layers"], answer.content[:500]
     assert page.status_code == 200
     assert files_under(disk) == before
+
+
+def test_a_multipart_upload_spooled_to_a_full_disk_is_a_507_even_before_the_view(owner, full_disk, tmp_path, settings):
+    """A browser's POST passes the CSRF check, which reads the multipart body first: Django spools the files to
+    FILE_UPLOAD_TEMP_DIR there, before any view runs."""
+    adapter, disk = full_disk
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 1024  # the weights are spooled to the (full) disk
+    before = files_under(disk)
+    browser = Client(enforce_csrf_checks=True, raise_request_exception=False)
+    browser.force_login(owner)
+    token = browser.get("/adapters/upload/").cookies["csrftoken"].value
+    source = make_adapter_dir(tmp_path / "to-upload")
+    uploads = [SimpleUploadedFile(name, (source / name).read_bytes()) for name in FILES]
+
+    page = browser.post("/adapters/upload/", {"csrfmiddlewaretoken": token, "name": "another", "files": uploads,
+                                              "base_model": str(adapter.base_model.id)})
+    answer = browser.post("/datasets/upload/", {"csrfmiddlewaretoken": token, "format": "auto",
+                                                "file": SimpleUploadedFile("train.jsonl", b'{"text": "hi"}\n' * 200)})
+
+    for response in (page, answer):
+        assert response.status_code == 507, response.content[:300]
+        assert DISK_FULL in text_of(response) and "what you sent could not be written" in text_of(response)
+    nothing_new(disk, adapter, before)
