@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from . import json_nesting
 from .config import LoraConfig
 from .errors import AdapterFormatError, LoraEngineError, disk_full_as_error
 from .inject import find_linear_layers, lora_layers, wrap_layers
@@ -256,8 +257,8 @@ def read_adapter_config(adapter_dir: str | Path) -> AdapterConfigInfo:
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise AdapterFormatError(f"{CONFIG_NAME} is larger than {MAX_CONFIG_BYTES} bytes; not an adapter config")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = json_nesting.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # not UTF-8, malformed, or nested too deeply
         raise AdapterFormatError(f"{CONFIG_NAME} is not valid JSON ({exc})") from None
     return parse_adapter_config(raw)
 

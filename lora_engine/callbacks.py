@@ -43,8 +43,8 @@ class StepMetrics:
     tokens_per_second: float  # this step's tokens / this step's wall time
     elapsed_seconds: float  # since the run (or the resumed run) started
     eta_seconds: float | None
-    memory_allocated_bytes: int  # CUDA: allocated now; CPU: process RSS
-    memory_peak_bytes: int  # CUDA: peak reserved; CPU: peak RSS
+    memory_allocated_bytes: int  # CUDA: allocated now; CPU: RSS growth over the RSS before the model loaded
+    memory_peak_bytes: int  # CUDA: peak reserved; CPU: peak RSS growth over that same baseline
     split: str = "train"
 
     def to_dict(self) -> dict[str, Any]:

@@ -76,6 +76,9 @@ class Session:
     total_steps: int
     pad_token_id: int
     estimated_peak_bytes: int | None = None
+    memory_baseline_bytes: int = 0
+    """Left out of every memory reading: on CPU the process's RSS before the model loaded (see
+    :func:`lora_engine.device.memory_baseline`), so readings compare with the memory estimate."""
 
     def autocast(self) -> AbstractContextManager:
         from .device import autocast
@@ -85,7 +88,7 @@ class Session:
     def memory_snapshot(self) -> tuple[int, int]:
         from .device import memory_snapshot
 
-        return memory_snapshot(self.device)
+        return memory_snapshot(self.device, self.memory_baseline_bytes)
 
     def save_adapter_to(self, model: nn.Module, out_dir: str | Path) -> None:
         from .adapter_io import save_adapter
@@ -137,12 +140,13 @@ def setup_session(config: RunConfig) -> Session:
         DataError, ModelLoadError, TargetModulesError: from the data, model and injection steps.
     """
     from .data import prepare_data
-    from .device import reset_peak_memory, resolve_device
+    from .device import memory_baseline, reset_peak_memory, resolve_device
     from .inject import inject_lora
     from .quant import load_tokenizer
 
     device = resolve_device(config.device)
     reset_peak_memory(device)
+    baseline = memory_baseline(device)  # before the tokenizer, data and model load: what the run adds is theirs
     tokenizer = load_tokenizer(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code)
     data = prepare_data(config.data, tokenizer, config.train.seed)
     if not data.train:
@@ -159,5 +163,5 @@ def setup_session(config: RunConfig) -> Session:
         optimizer=optimizer, scaler=torch.amp.GradScaler(device.type, enabled=t.precision == "fp16"),
         schedule=LRSchedule(t.learning_rate, total, t.warmup_steps, t.schedule), total_steps=total,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-        estimated_peak_bytes=_estimate_peak(config, model),
+        estimated_peak_bytes=_estimate_peak(config, model), memory_baseline_bytes=baseline,
     )

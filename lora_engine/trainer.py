@@ -42,7 +42,7 @@ class TrainResult:
     final_eval_loss: float | None
     tokens_seen: int
     elapsed_seconds: float
-    peak_memory_bytes: int
+    peak_memory_bytes: int  # as StepMetrics.memory_peak_bytes: on CPU the growth over the RSS before the model loaded
     trainable_params: int
     total_params: int
     adapter_bytes: int

@@ -98,6 +98,31 @@ FAULTS.update({
          "never more jobs running than slots; every job succeeds on one claim, every step stored once"),
 })
 
+# Failures before the claim, and a full disk under the adapter pages.
+WORKER_FAULT_TESTS += ["tests/worker/test_failures_before_claim.py", "tests/web/test_adapters_disk_full.py"]
+WORKER_FAULT_FILTER += " or claim or adapter"
+FAULTS.update({
+    "test_a_job_failing_before_its_claim_fails_after_max_attempts_and_the_worker_trains_the_next":
+        ("the worker's claim raises (or SIGKILLs its process) for one job at every delivery, before the job is "
+         "marked running",
+         "after JOB_MAX_ATTEMPTS deliveries the job is failed with a message naming the error; no further "
+         "delivery; the same worker trains the next job"),
+    "test_an_adapter_upload_to_a_full_disk_is_a_507_and_nothing_is_kept":
+        ("a full tmpfs as DATA_DIR under the adapter upload page",
+         "507 saying the disk is full; no adapter row, no partial file or directory"),
+    "test_reducing_an_adapter_on_a_full_disk_is_a_507_and_nothing_is_kept":
+        ("a full tmpfs as DATA_DIR under the rank reduction (page and API)", "507 (disk_full); nothing kept"),
+    "test_downloading_an_adapter_whose_archive_cannot_be_built_is_a_507":
+        ("a full tmpfs as DATA_DIR when the download archive is built (page and API)",
+         "507 (disk_full); no partial zip left"),
+    "test_a_multipart_upload_spooled_to_a_full_disk_is_a_507_even_before_the_view":
+        ("a full tmpfs under a browser's multipart upload (adapter and data set pages, CSRF enforced): Django "
+         "spools the files while the CSRF check reads the body, before any view runs",
+         "507 with the disk-full page (handler500), not a 500; no partial file"),
+    "test_the_analysis_is_shown_when_its_cache_cannot_be_written":
+        ("a full tmpfs as DATA_DIR when the analysis cache is written", "the analysis is shown; no cache file"),
+})
+
 
 def render_worker_figures(section: dict | None) -> list[str]:
     """What the redelivery, out-of-memory and burst tests measured."""

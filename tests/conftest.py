@@ -9,6 +9,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+from tests.support.disk import small_disk  # noqa: F401 - a fixture: a small tmpfs for the disk-full tests
 from webapp.accounts.keys import create_api_key
 
 # Playwright's sync API keeps an event loop running in the test thread; the ORM calls the tests make

@@ -14,3 +14,5 @@ urlpatterns = [
     path("", include("webapp.api.urls")),
     path("", include("webapp.dashboard.urls")),
 ]
+
+handler500 = "webapp.lib.server_errors.server_error"  # a full disk before any view ran answers 507, not 500

@@ -11,10 +11,10 @@ conservative, never lenient; ``tests/engine/test_data_checks.py`` pins both path
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
+from ..json_nesting import loads as json_loads
 from .formats import SHAREGPT_ROLES
 
 RecordCheck = Callable[[dict[str, Any]], bool]
@@ -57,8 +57,8 @@ def _turns_from_text(value: Any) -> list | None:
     """The list of turns a CSV or Parquet cell holds as JSON text, or None."""
     if type(value) is str and value.lstrip().startswith("["):
         try:
-            value = json.loads(value)
-        except (ValueError, RecursionError):
+            value = json_loads(value)
+        except ValueError:
             return None
     return value if type(value) is list else None
 

@@ -32,6 +32,8 @@ from typing import Any, NamedTuple
 
 from ..config import DATA_FORMATS
 from ..errors import DataError, DataProblem, UnsupportedDataError
+from ..json_nesting import JsonTooDeepError, nests_deeper_than
+from ..json_nesting import loads as json_loads
 
 FORMATS = tuple(f for f in DATA_FORMATS if f != "auto")
 PREFERENCE_MESSAGE = "preference data is not supported (yet)"
@@ -187,10 +189,18 @@ def _system_turn(record: dict[str, Any], line: int | None, problems: list[DataPr
     tools = record.get("tools")
     if tools not in (None, "", []):
         if not isinstance(tools, str):
-            tools = json.dumps(tools, ensure_ascii=False)
+            tools = _as_json_text(tools, "tools", line, problems)
         intro = "You can call the following tools (JSON schema):\n" + tools
         system = f"{system}\n\n{intro}" if system.strip() else intro
     return [Turn("system", system, False)] if system.strip() else []
+
+
+def _as_json_text(value: Any, key: str, line: int | None, problems: list[DataProblem]) -> str:
+    """A parsed JSON value as text for the prompt (``json.dumps`` recurses per level: refuse deep values first)."""
+    if nests_deeper_than(value):
+        problems.append(DataProblem(line, str(JsonTooDeepError()), key))
+        return ""
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _alpaca(record: dict[str, Any], line: int | None, problems: list[DataProblem]) -> Example:
@@ -217,7 +227,10 @@ def _message_list(record: dict[str, Any], key: str, line: int | None, problems: 
     value = record.get(key)
     if isinstance(value, str) and value.lstrip().startswith("["):  # CSV/Parquet cells hold JSON text
         try:
-            value = json.loads(value)
+            value = json_loads(value)
+        except JsonTooDeepError as exc:
+            problems.append(DataProblem(line, str(exc), key))
+            return []
         except ValueError:
             problems.append(DataProblem(line, "is not valid JSON", key))
             return []
@@ -250,7 +263,7 @@ def _openai_chat(record: dict[str, Any], line: int | None, problems: list[DataPr
             continue
         content = _content(message.get("content"))
         if content is None and role == "assistant" and message.get("tool_calls"):
-            content = json.dumps(message["tool_calls"], ensure_ascii=False)
+            content = _as_json_text(message["tool_calls"], f"{field}.tool_calls", line, problems)
         if content is None:
             problems.append(DataProblem(line, "must be a string", f"{field}.content"))
             continue

@@ -15,6 +15,8 @@ import json
 from collections.abc import Iterator
 from typing import IO, Any
 
+from ..json_nesting import JsonTooDeepError
+
 CHUNK_CHARS = 1 << 20
 _WS = " \t\r\n"
 # An error this close to the end of the buffer may only mean the element continues in the next chunk
@@ -91,6 +93,8 @@ def _decode_element(buf: _Buffer, decoder: json.JSONDecoder) -> tuple[int, Any]:
                 buf.fill(at_least=2 * (len(buf.text) - buf.pos))
                 continue
             raise JsonArrayError(buf.line_at(exc.pos), f"malformed JSON: {exc.msg}") from None
+        except RecursionError:
+            raise JsonArrayError(start_line, str(JsonTooDeepError())) from None
         if end >= len(buf.text) and not buf.eof:  # a number at the very end may continue in the next chunk
             buf.fill()
             continue
@@ -109,7 +113,8 @@ def iter_json_array(fh: IO[bytes], encoding: str = "utf-8") -> Iterator[tuple[in
         The 1-based line where each element starts, and the decoded element.
 
     Raises:
-        JsonArrayError: malformed JSON or undecodable bytes, with the line; stop reading there.
+        JsonArrayError: malformed JSON, undecodable bytes or an element nested too deeply to parse
+            (:class:`lora_engine.json_nesting.JsonTooDeepError`), with the line; stop reading there.
     """
     buf = _Buffer(fh, encoding)
     decoder = json.JSONDecoder()

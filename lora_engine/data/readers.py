@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from ..errors import DataError, DataProblem
+from ..json_nesting import JsonTooDeepError
 from .json_stream import JsonArrayError, iter_json_array
 from .sniff import Sniffed, sniff_text_file
 
@@ -156,6 +157,8 @@ def _jsonl_line(number: int, line: bytes | str) -> Item | None:
     """The precise reading of one line (None for a blank line): every message about a bad line comes from here."""
     try:
         value = json.loads(line)
+    except RecursionError:  # the parser recurses per level: this line nests far too deeply for anything
+        return _problem(number, str(JsonTooDeepError()))
     except UnicodeDecodeError as exc:
         return _problem(number, f"invalid UTF-8 bytes at column {exc.start + 1} ({exc.reason}); save the file as UTF-8")
     except json.JSONDecodeError as exc:

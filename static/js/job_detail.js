@@ -13,6 +13,14 @@
   const metricsUrl = root.dataset.metricsUrl;
   const logUrl = root.dataset.logUrl;
   const estimateBytes = Number(root.dataset.estimateBytes) || null;
+  // What the memory points measure: on CPU the RSS growth over the process before the model loaded (the
+  // ~300 MB of Python and libraries are left out, as the estimate leaves them out); on CUDA the allocator's.
+  const MEMORY_LABELS = {
+    rss_growth: { title: "Memory: RSS growth since before the model loaded", now: "RSS growth", peak: "peak RSS growth" },
+    cuda: { title: "Memory (CUDA allocator)", now: "allocated", peak: "peak reserved" },
+    "": { title: "Memory", now: "allocated", peak: "peak" },
+  };
+  const memoryLabels = MEMORY_LABELS[root.dataset.memoryMeasure || ""] || MEMORY_LABELS[""];
   const TERMINAL = ["succeeded", "failed", "cancelled"];
   const MAX_DRAW = 4000;       // history points asked for (the API keeps bucket minima and maxima)
   const GAP_WAIT_MS = 1000;    // how long a hole in seq may stay open before refetching
@@ -253,10 +261,10 @@
     { id: "chart-lr", title: "Learning rate", series: [{ label: "learning rate", stroke: "#12805c", data: () => train.lr }] },
     { id: "chart-grad", title: "Grad norm (before clipping)", series: [{ label: "grad norm", stroke: "#b7791f", data: () => train.grad }] },
     { id: "chart-tps", title: "Tokens / s", series: [{ label: "tokens/s", stroke: "#2563eb", data: () => train.tps }] },
-    { id: "chart-mem", title: "Memory" + (estimateBytes ? " (dashed: estimate " + Studio.formatBytes(estimateBytes) + ")" : ""),
+    { id: "chart-mem", title: memoryLabels.title + (estimateBytes ? " (dashed: estimate " + Studio.formatBytes(estimateBytes) + ")" : ""),
       bytes: true, series: [
-        { label: "allocated", stroke: "#0891b2", data: () => train.alloc },
-        { label: "peak", stroke: "#7c3aed", data: () => train.peak },
+        { label: memoryLabels.now, stroke: "#0891b2", data: () => train.alloc },
+        { label: memoryLabels.peak, stroke: "#7c3aed", data: () => train.peak },
       ] },
   ];
 

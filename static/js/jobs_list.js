@@ -18,7 +18,7 @@
 
   const table = document.querySelector("[data-ws-path]");
   if (!table) return;
-  let retries = 0;
+  let retries = 0, connections = 0;
 
   function update(job) {
     const row = document.querySelector(`tr[data-job-id="${job.id}"]`);
@@ -34,7 +34,8 @@
 
   function connect() {
     const ws = new WebSocket(Studio.wsUrl(table.dataset.wsPath));
-    ws.onopen = () => { retries = 0; };
+    // The server joins the socket to the jobs' groups before accepting it: once open, no update is missed.
+    ws.onopen = () => { retries = 0; connections += 1; };
     ws.onmessage = (event) => {
       try {
         const msg = JSON.parse(event.data);
@@ -48,4 +49,6 @@
     };
   }
   connect();
+  // What tests (and the curious) can read: how many times the live socket has opened.
+  window.LoraStudioJobs = { get connections() { return connections; } };
 })();

@@ -183,3 +183,34 @@ def test_peer_json_arrays_stream_completely():
     assert len(_records(peer("alpaca_en_demo.json"))) == 999
     assert len(_records(peer("identity.json"))) == 91
     assert len(_records(peer("c4_demo.jsonl"))) == 300
+
+
+DEEP = 100_000  # the review's line: far past the interpreter's recursion limit (about 1,000 frames)
+
+
+@pytest.mark.parametrize("value", ["[" * DEEP + "]" * DEEP, '{"a":' * DEEP + "1" + "}" * DEEP],
+                         ids=["arrays", "objects"])
+def test_a_deeply_nested_jsonl_line_is_a_problem_on_its_line(tmp_path, value):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a"}\n{"text": "b"}\n' + value + '\n{"text": "c"}\n')
+    items = list(iter_items(path))
+    assert [item.line for item in items] == [1, 2, 3, 4]
+    assert [item.record for item in items if item.record] == [{"text": "a"}, {"text": "b"}, {"text": "c"}]
+    problem = items[2].problem
+    assert problem.line == 3 and "nested more than 100 levels deep" in problem.message
+    assert not items[2].fatal
+
+
+def test_nesting_at_the_limit_is_read(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a", "extra": ' + "[" * 99 + "]" * 99 + "}\n")
+    assert _records(path)[0][1]["text"] == "a"
+
+
+def test_a_deeply_nested_json_array_element_names_its_line(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text('[{"text": "a"},\n{"text": "b"},\n' + "[" * DEEP + "]" * DEEP + "]\n")
+    items = list(iter_items(path))
+    assert [item.record for item in items[:2]] == [{"text": "a"}, {"text": "b"}]
+    assert items[2].line == 3 and items[2].fatal
+    assert "nested more than 100 levels deep" in items[2].problem.message

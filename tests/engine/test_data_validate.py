@@ -160,3 +160,35 @@ def test_a_huge_json_array_element_costs_about_its_own_size(tmp_path):
     tracemalloc.stop()
     assert report.rows == 3
     assert peak < 4 * size  # element text + doubled read buffer, not the file
+
+
+@pytest.mark.parametrize("name, content", [
+    ("d.jsonl", '{"text": "a"}\n{"text": "b"}\n' + "[" * 100_000 + "]" * 100_000 + "\n"),
+    ("d.jsonl", '{"text": "a"}\n{"text": "b"}\n{"messages": ' + "[" * 100_000 + "]" * 100_000 + "}\n"),
+    ("d.csv", 'messages\n"[{""role"": ""user"", ""content"": ""hi""}]"\n"' + "[" * 100_000 + "]" * 100_000 + '"\n'),
+], ids=["jsonl-line", "jsonl-field", "csv-cell"])
+def test_deep_nesting_is_a_problem_naming_the_line(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    report = validate_file(path, "auto" if name.endswith("jsonl") else "openai_chat")
+    assert not report.ok
+    assert any(p.line == 3 and "nested more than 100 levels deep" in p.message for p in report.problems), \
+        report.problems
+
+
+@pytest.mark.parametrize("record", [
+    {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+     "tools": [{"type": "function", "parameters": "[" * 150 + "]" * 150}]},
+    {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": []}]},
+], ids=["tools", "tool-calls"])
+def test_deeply_nested_tools_are_a_problem_not_a_crash(tmp_path, record):
+    deep = json.loads("[" * 150 + "]" * 150)
+    if "tools" in record:
+        record["tools"][0]["parameters"] = deep
+    else:
+        record["messages"][1]["tool_calls"] = [deep]
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    report = validate_file(path, "openai_chat")
+    assert [(p.line, p.message) for p in report.problems] == [
+        (1, "the JSON is nested more than 100 levels deep; flatten it (no field needs more than a few levels)")]

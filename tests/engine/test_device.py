@@ -12,6 +12,7 @@ from lora_engine.device import (
     autocast,
     empty_cache,
     is_out_of_memory,
+    memory_baseline,
     memory_snapshot,
     reset_peak_memory,
     resolve_device,
@@ -82,3 +83,18 @@ def test_cpu_memory_snapshot_is_the_process_rss():
 )
 def test_out_of_memory_detection(exc, expected):
     assert is_out_of_memory(exc) is expected
+
+
+def test_cpu_memory_snapshot_counts_growth_over_a_baseline_and_its_peak_can_be_reset():
+    cpu = torch.device("cpu")
+    block = torch.ones(128 << 20, dtype=torch.uint8)  # a high-water mark the next window must not inherit
+    del block
+    reset_peak_memory(cpu)
+    baseline = memory_baseline(cpu)
+    now, peak = memory_snapshot(cpu, baseline)
+    assert 0 <= now <= peak < 32 << 20
+    block = torch.ones(64 << 20, dtype=torch.uint8)
+    now, peak = memory_snapshot(cpu, baseline)
+    assert (48 << 20) <= now <= peak < 128 << 20
+    del block
+    assert memory_baseline(torch.device("cuda")) == 0  # CUDA's allocator numbers need no baseline

@@ -210,3 +210,25 @@ def test_schedule_warms_up_then_decays():
     assert LRSchedule(0.3, 10, 0, "constant").get_lr(9) == 0.3
     lrs = [cosine.get_lr(s) for s in range(2, 11)]
     assert lrs == sorted(lrs, reverse=True)
+
+
+class _Ballast(Recorder):
+    """Touches 64 MB once training has started (after the model loaded) and keeps it to the end."""
+
+    def on_train_start(self, info) -> None:
+        super().on_train_start(info)
+        self.ballast = torch.ones(64 << 20, dtype=torch.uint8)
+
+
+def test_cpu_memory_is_growth_over_the_rss_before_the_model_loaded(model_dir, data_path, tmp_path):
+    from lora_engine.device import memory_snapshot
+
+    absolute_before, _ = memory_snapshot(torch.device("cpu"))  # the runtime: Python, torch, transformers
+    recorder = _Ballast()
+    result = train(run_config(model_dir, data_path, tmp_path / "out", max_steps=3), callbacks=[recorder])
+
+    assert absolute_before > 100 << 20  # what the chart used to add to every point
+    for metrics in recorder.steps:
+        assert 64 << 20 <= metrics.memory_allocated_bytes <= metrics.memory_peak_bytes  # the ballast grew it ...
+        assert metrics.memory_peak_bytes < absolute_before  # ... but the runtime underneath is not counted
+    assert 64 << 20 <= result.peak_memory_bytes < absolute_before

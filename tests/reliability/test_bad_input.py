@@ -41,6 +41,11 @@ from .results import record
 
 LONG_LINE_BYTES = 20 * 1024 * 1024  # the issue's 200 MB scaled down 10x for CI
 HUGE_BODY_BYTES = 6 * 1024 * 1024  # over DATA_UPLOAD_MAX_MEMORY_SIZE (5 MB)
+DEEP = 100_000  # levels of nesting: the review's line, far past the interpreter's recursion limit
+DEEP_ARRAYS = b"[" * DEEP + b"]" * DEEP
+DEEP_OBJECTS = b'{"a":' * DEEP + b"1" + b"}" * DEEP
+PARSABLE_DEEP = b"[" * 400 + b"]" * 400  # json.loads takes it; a recursive walk of it does not
+NESTED = "nested more than 100 levels"
 CHAT = jsonl(CHAT_ROWS[:2])
 
 
@@ -191,6 +196,12 @@ def huge_json(path: str) -> Send:
 # ------------------------------------------------------------------------------------------ forged adapters
 
 
+def config_nested_deeply(files: dict) -> dict:
+    config = json.loads(files["adapter_config.json"])
+    files["adapter_config.json"] = json.dumps(config)[:-1].encode() + b', "extra": ' + DEEP_ARRAYS + b"}"
+    return files
+
+
 def _safetensors(header: dict, payload: bytes) -> bytes:
     raw = json.dumps(header).encode()
     return struct.pack("<Q", len(raw)) + raw + payload
@@ -300,6 +311,14 @@ CASES: list[Bad] = [
     Bad("no-file-field", v1_no_file(), ("multipart", "file")),
     Bad("multipart-name-dotdot", v1_file(CHAT, "../../../etc/cron.d/x.jsonl"), accepted=True,
         describe="Django keeps only the base name of a multipart file name; stored under a UUID"),
+    Bad("jsonl-nested-100000-arrays", v1_file(CHAT + DEEP_ARRAYS + b"\n"), ("line 3", NESTED),
+        describe="a line nested 100,000 levels deep ([[[...]]]): was a 500 (RecursionError)"),
+    Bad("jsonl-nested-100000-objects", v1_file(CHAT + DEEP_OBJECTS + b"\n" + CHAT), ("line 3", NESTED),
+        describe='a line nested 100,000 levels deep ({"a":{"a":...}}): was a 500 (RecursionError)'),
+    Bad("json-array-nested-100000", v1_file(b'[{"text": "a"},\n{"text": "b"},\n' + DEEP_ARRAYS + b"]", "train.json"),
+        ("line 3", NESTED)),
+    Bad("csv-cell-nested-100000", v1_file(b'messages\n"' + DEEP_ARRAYS + b'"\n', "train.csv"), (NESTED,),
+        describe="a CSV cell holding turns as JSON text, nested 100,000 levels deep"),
     # -- data sets: names and the page's chunked upload -------------------------------------------------
     Bad("name-dotdot", chunked(CHAT, "../../etc/passwd.jsonl"), ("contains a path",)),
     Bad("name-absolute", chunked(CHAT, "/etc/passwd.jsonl"), ("contains a path",)),
@@ -311,6 +330,9 @@ CASES: list[Bad] = [
     Bad("chunked-negative-size", chunked(CHAT, size=-5), ("empty",)),
     Bad("chunked-start-not-json", chunked_start(b"name=train.jsonl"), ("JSON object",)),
     Bad("chunked-bad-data", chunked(CHAT + b"{oops\n"), ("line 3",)),
+    Bad("chunked-nested-100000", chunked(CHAT + DEEP_OBJECTS + b"\n"), ("line 3", NESTED)),
+    Bad("page-form-nested-100000", page_form(CHAT + DEEP_ARRAYS + b"\n"), ("line 3", NESTED)),
+    Bad("chunked-start-nested-100000", chunked_start(b'{"name": ' + DEEP_ARRAYS + b"}"), (NESTED,), status=400),
     Bad("page-form-bad-data", page_form(b"\x00\x01binary\x02" * 50), ("binary",)),
     Bad("page-form-unknown-format", page_form(CHAT, data_format="parquet-ish"), ("Unknown format",)),
     # -- jobs: hyperparameters through the API ----------------------------------------------------------
@@ -335,6 +357,12 @@ CASES: list[Bad] = [
         ("training_file", "not a file you uploaded")),
     Bad("body-not-json", v1_job_raw(b"model=tiny&training_file=x"), ("JSON",)),
     Bad("body-json-array", v1_job_raw(b"[1, 2, 3]"), ("must be an object",)),
+    Bad("body-nested-100000-jobs", v1_job_raw(b'{"model": ' + DEEP_ARRAYS + b"}"), (NESTED,), status=400,
+        describe="a JSON body nested 100,000 levels deep: was a 500 (RecursionError)"),
+    Bad("body-nested-400-jobs", v1_job_raw(b'{"model": "x", "suffix": ' + PARSABLE_DEEP + b"}"), (NESTED,),
+        status=400, describe="a JSON body 400 levels deep: parsed, then a 500 in the recursive NUL check"),
+    Bad("body-nested-100000-reduce", lambda ctx: ctx.api.post(f"/api/adapters/{ctx.adapter.id}/reduce", DEEP_OBJECTS,
+                                                              content_type="application/json"), (NESTED,), status=400),
     Bad("huge-json-body-jobs", huge_json("/v1/fine_tuning/jobs"), ("too large",), status=413,
         describe="a 6 MB JSON body (DATA_UPLOAD_MAX_MEMORY_SIZE is 5 MB)"),
     Bad("huge-json-body-reduce", huge_json("/api/adapters/{adapter.id}/reduce"), ("too large",), status=413,
@@ -365,6 +393,7 @@ CASES: list[Bad] = [
     Bad("adapter-header-lies-about-sizes", adapter_upload(lying_header), ("header lies",)),
     Bad("adapter-header-length-lies", adapter_upload(header_length_lies), ("adapter_model.safetensors",)),
     Bad("adapter-config-not-json", adapter_upload(config_not_json), ("adapter_config.json",)),
+    Bad("adapter-config-nested-100000", adapter_upload(config_nested_deeply), ("adapter_config.json", NESTED)),
     Bad("adapter-config-outside-allowlist", adapter_upload(config_outside_allowlist), ("modules_to_save",)),
     Bad("adapter-missing-weights", adapter_upload(no_weights), ("missing",)),
 ]

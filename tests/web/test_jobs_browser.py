@@ -11,6 +11,23 @@ from webapp.jobs import events
 
 from .jobs_factories import add_points, make_job
 
+# A loaded machine, made deterministic: every websocket the page opens connects a second late.
+SLOW_SOCKETS = """(() => {
+  const RealWebSocket = window.WebSocket;
+  window.WebSocket = class {
+    constructor(url) {
+      setTimeout(() => {
+        this.real = new RealWebSocket(url);
+        for (const name of ["onopen", "onmessage", "onclose", "onerror"]) {
+          this.real[name] = (event) => this[name] && this[name](event);
+        }
+      }, 1000);
+    }
+    send(data) { this.real.send(data); }
+    close(code, reason) { if (this.real) this.real.close(code, reason); }
+  };
+})();"""
+
 
 def train_points(page) -> int:
     return int(page.get_by_test_id("train-points").inner_text())
@@ -20,6 +37,8 @@ def train_points(page) -> int:
 @pytest.mark.stack
 def test_a_running_job_page_draws_history_then_live_points(transactional_db, owner, page, tmp_path):
     job = make_job(owner, suffix="watched")
+    job.device = "cpu"
+    job.save()
     add_points(job, range(1, 21))  # history, loaded from the metrics API
     server, base_url = start_asgi_server(tmp_path)
     try:
@@ -29,6 +48,10 @@ def test_a_running_job_page_draws_history_then_live_points(transactional_db, own
         page.wait_for_function("document.querySelector('[data-testid=train-points]').textContent === '20'")
         page.wait_for_function("document.querySelector('[data-testid=live]').textContent === 'live'")
         assert page.locator("#chart-loss canvas").count() == 1
+        # On CPU the memory chart shows RSS growth over the process before the model loaded, and says so.
+        assert page.locator("#chart-mem .u-title").inner_text().startswith(
+            "Memory: RSS growth since before the model loaded (dashed: estimate")
+        assert {"RSS growth", "peak RSS growth"} <= set(page.locator("#chart-mem .u-legend th").all_inner_texts())
 
         # Live points as the worker's recorder sends them: stored first, then emitted.
         for start in (21, 31):
@@ -61,10 +84,11 @@ def test_the_jobs_list_updates_progress_and_links_to_compare(transactional_db, o
     server, base_url = start_asgi_server(tmp_path)
     try:
         log_in(page, base_url, owner.username, PASSWORD)
+        page.add_init_script(SLOW_SOCKETS)
         page.goto(f"{base_url}/jobs/")
         row = page.locator(f"tr[data-job-id='{first.id}']")
         assert row.locator("[data-field=progress]").get_attribute("style").startswith("width: 0")
-        page.wait_for_timeout(500)  # the list socket connects
+        page.wait_for_function("window.LoraStudioJobs && window.LoraStudioJobs.connections > 0")  # joined
         first.current_step, first.progress, first.eta_seconds = 500, 0.5, 90
         events.emit_state(first)
         wait_until(lambda: row.locator("[data-field=steps]").inner_text() == "500 / 1000", timeout=15,

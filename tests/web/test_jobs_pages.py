@@ -61,6 +61,20 @@ def test_detail_works(owner_client, job):
     assert "Cancel" in page and "Launch again with changes" in page
 
 
+@pytest.mark.parametrize(("device", "config_device", "measure", "label"), [
+    ("cpu", "auto", "rss_growth", "measured peak (RSS growth since before the model loaded)"),
+    ("", "cpu", "rss_growth", "measured peak (RSS growth since before the model loaded)"),
+    ("cuda:0 (NVIDIA A100)", "auto", "cuda", "measured peak <span"),
+    ("", "auto", "", "measured peak <span"),
+])
+def test_detail_says_what_the_memory_readings_measure(owner_client, job, device, config_device, measure, label):
+    job.device, job.config = device, {**job.config, "device": config_device}
+    job.save()
+    page = owner_client.get(f"/jobs/{job.id}/").content.decode()
+    assert f'data-memory-measure="{measure}"' in page
+    assert label in page
+
+
 def test_detail_validates_ownership(stranger_client, staff, job):
     assert stranger_client.get(f"/jobs/{job.id}/").status_code == 404
     assert stranger_client.get("/jobs/00000000-0000-0000-0000-000000000000/").status_code == 404

@@ -9,9 +9,6 @@ download, and the worker trains the next job as usual.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,6 +16,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from lora_engine.checkpoint import COMPLETE_MARKER, checkpoints_dir
 from tests.reliability.results import record
+from tests.support.disk import files_under
 from tests.support.processes import wait_until
 from tests.support.workers import write_text_jsonl
 from tests.worker.conftest import TINY_RUN
@@ -31,31 +29,6 @@ from webapp.jobs.models import Checkpoint, Job
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 DISK_FULL = "disk is full"
-
-
-@pytest.fixture
-def small_disk():
-    """``mount(path, kib)``: a tmpfs of ``kib`` KiB at ``path``; every mount is undone at the end."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root and mount(8)")
-    mounted: list[Path] = []
-
-    def mount(path: Path, kib: int) -> Path:
-        path.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(path)],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
-        mounted.append(path)
-        return path
-
-    yield mount
-    for path in reversed(mounted):
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def files_under(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file())
 
 
 def test_an_upload_to_a_full_disk_is_refused_and_nothing_is_kept(db, owner, api, owner_client, settings, small_disk,

@@ -11,7 +11,7 @@ from django.db import transaction
 from webapp.lib.storage import new_file_path, relative_to_data, remove_path, sha256_file
 
 from .models import Adapter
-from .validation import AdapterRejected, check_adapter_dir
+from .validation import AdapterRejected, check_adapter_dir, refused_when_disk_full
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
@@ -64,7 +64,8 @@ def upload_adapter(owner, base_model, name: str, files: dict) -> Adapter:
 
     Raises:
         AdapterRejected: a missing or extra file, pickle weights, a config outside the LoRA allowlist, or
-            shapes that do not fit the base model. Nothing is kept on disk or in the database then.
+            shapes that do not fit the base model; AdapterDiskFull (status 507) when the disk fills up while
+            the files are written. Nothing is kept on disk or in the database then.
     """
     unexpected = sorted(set(files) - set(UPLOAD_FILES))
     if any(n.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt")) for n in unexpected):
@@ -74,14 +75,15 @@ def upload_adapter(owner, base_model, name: str, files: dict) -> Adapter:
         raise AdapterRejected(f"Upload exactly {CONFIG_FILE} and {WEIGHTS_FILE} (missing: {missing or 'none'}, "
                               f"unexpected: {unexpected or 'none'}).")
     adapter_dir = new_file_path("adapters")
-    adapter_dir.mkdir()
     try:
-        for file_name, uploaded in files.items():
-            if uploaded.size > MAX_UPLOAD_FILE_BYTES:
-                raise AdapterRejected(f"{file_name} is larger than {MAX_UPLOAD_FILE_BYTES:,} bytes.")
-            with open(adapter_dir / file_name, "wb") as fh:
-                for chunk in uploaded.chunks():
-                    fh.write(chunk)
+        with refused_when_disk_full("the adapter"):
+            adapter_dir.mkdir()
+            for file_name, uploaded in files.items():
+                if uploaded.size > MAX_UPLOAD_FILE_BYTES:
+                    raise AdapterRejected(f"{file_name} is larger than {MAX_UPLOAD_FILE_BYTES:,} bytes.")
+                with open(adapter_dir / file_name, "wb") as fh:
+                    for chunk in uploaded.chunks():
+                        fh.write(chunk)
         lora, trainable = check_adapter_dir(adapter_dir, base_model)
         with transaction.atomic():
             return Adapter.objects.create(

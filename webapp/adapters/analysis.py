@@ -8,6 +8,7 @@ adapter by truncated SVD and records it as a new :class:`Adapter` whose config s
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -16,12 +17,14 @@ from typing import Any
 from django.db import transaction
 
 from lora_engine.analysis import adapter_spectrum, reduce_rank
-from lora_engine.errors import LoraEngineError
+from lora_engine.errors import LoraEngineError, is_disk_full
 from webapp.lib.storage import new_file_path, relative_to_data, remove_path, sha256_file
 
 from .actions import derived_path_for
 from .models import Adapter
-from .validation import AdapterRejected, check_adapter_dir
+from .validation import AdapterRejected, check_adapter_dir, refused_when_disk_full
+
+logger = logging.getLogger(__name__)
 
 ANALYSIS_FORMAT = 1
 """Bump to make every cached analysis be recomputed (its JSON shape changed)."""
@@ -35,8 +38,21 @@ def derived_dir(adapter: Adapter) -> Path:
 def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    temp.write_text(json.dumps(data))
-    os.replace(temp, path)
+    try:
+        temp.write_text(json.dumps(data))
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _cache(path: Path, data: dict[str, Any]) -> None:
+    """Keep a computed result for next time; a full disk only means it is computed again next time."""
+    try:
+        _write_json_atomically(path, data)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        logger.warning("not caching %s: the disk is full", path)
 
 
 def summary_sentence(rank: int, layers: list[dict[str, Any]]) -> str:
@@ -87,7 +103,7 @@ def adapter_analysis(adapter: Adapter) -> dict[str, Any]:
     except (OSError, ValueError):
         pass
     data = _analysis_json(adapter)
-    _write_json_atomically(cache, data)
+    _cache(cache, data)
     return data
 
 
@@ -132,7 +148,8 @@ def reduce_adapter_rank(adapter: Adapter, new_rank: Any) -> Adapter:
     of ΔW's energy (Σσ²) kept, overall and per layer.
 
     Raises:
-        AdapterRejected: ``new_rank`` is not a whole number from 1 to rank-1, or the files cannot be read.
+        AdapterRejected: ``new_rank`` is not a whole number from 1 to rank-1, or the files cannot be read;
+            AdapterDiskFull (status 507) when the disk fills up while the new adapter is written (nothing is kept).
     """
     new_rank = _check_new_rank(adapter, new_rank)
     with transaction.atomic():
@@ -142,9 +159,14 @@ def reduce_adapter_rank(adapter: Adapter, new_rank: Any) -> Adapter:
             return existing
         out_dir = new_file_path("adapters")
         try:
-            report = reduce_rank(adapter.path, new_rank, out_dir)
+            with refused_when_disk_full("the reduced adapter"):
+                report = reduce_rank(adapter.path, new_rank, out_dir)
         except LoraEngineError as exc:
+            remove_path(out_dir)
             raise AdapterRejected(f"The adapter cannot be reduced: {exc}") from exc
+        except BaseException:
+            remove_path(out_dir)
+            raise
         try:
             lora, trainable = check_adapter_dir(out_dir, adapter.base_model)
             return Adapter.objects.create(

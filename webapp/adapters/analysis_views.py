@@ -18,7 +18,7 @@ from webapp.lib.owned import get_owned_or_404
 from .analysis import adapter_analysis, reduce_adapter_rank
 from .models import Adapter
 from .serializers import adapter_json
-from .validation import AdapterRejected
+from .validation import AdapterDiskFull, AdapterRejected
 
 
 def _adapter(request: HttpRequest, adapter_id) -> Adapter:
@@ -53,7 +53,7 @@ def adapter_reduce(request: HttpRequest, adapter_id) -> HttpResponse:
     try:
         reduced = reduce_adapter_rank(adapter, request.POST.get("rank", ""))
     except AdapterRejected as exc:
-        return _page(request, adapter, error=str(exc), status=400, rank_value=request.POST.get("rank"))
+        return _page(request, adapter, error=str(exc), status=exc.status, rank_value=request.POST.get("rank"))
     kept = reduced.config["reduced_from"]["energy_kept"]
     messages.success(request, f"Wrote {reduced.name} (rank {reduced.rank}): it keeps {kept:.2%} of ΔW's energy.")
     return redirect("adapters:detail", adapter_id=reduced.id)
@@ -77,6 +77,8 @@ def api_adapter_reduce(request: HttpRequest, adapter_id) -> JsonResponse:
         raise ApiError("Send the new rank as {\"rank\": k}.", param="rank", code="missing_rank")
     try:
         reduced = reduce_adapter_rank(adapter, body["rank"])
+    except AdapterDiskFull:
+        raise  # a 507, not the client's rank (see webapp.api.errors)
     except AdapterRejected as exc:
         raise ApiError(str(exc), param="rank", code="invalid_rank") from exc
     reduced = Adapter.objects.select_related("base_model").get(pk=reduced.pk)

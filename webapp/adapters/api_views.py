@@ -5,12 +5,14 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET, require_http_methods
 
+from webapp.api.errors import api_endpoint
+from webapp.lib.downloads import ranged_file_response
 from webapp.lib.owned import get_owned_or_404
 
 from .actions import delete_adapter
+from .archive import build_archive
 from .models import Adapter
 from .serializers import adapter_json
-from .views import adapter_download
 
 
 @require_GET
@@ -28,6 +30,8 @@ def api_adapter_detail(request: HttpRequest, adapter_id) -> JsonResponse:
     return JsonResponse(adapter_json(adapter))
 
 
-@require_GET
+@api_endpoint("GET")
 def api_adapter_download(request: HttpRequest, adapter_id) -> HttpResponse:
-    return adapter_download(request, adapter_id)
+    adapter = get_owned_or_404(Adapter.objects.select_related("base_model"), request.user, pk=adapter_id)
+    return ranged_file_response(request, build_archive(adapter), f"{adapter.name}-adapter.zip", etag=adapter.sha256,
+                                content_type="application/zip")

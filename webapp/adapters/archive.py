@@ -17,6 +17,7 @@ from webapp.jobs.models import MetricPoint
 
 from .actions import archive_path_for
 from .models import Adapter
+from .validation import refused_when_disk_full
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "training_args.json")
 
@@ -73,17 +74,31 @@ def model_card(adapter: Adapter) -> bytes:
 
 
 def build_archive(adapter: Adapter) -> Path:
-    """The adapter's zip (built now if missing). Returns its path inside DATA_DIR."""
+    """The adapter's zip (built now if missing). Returns its path inside DATA_DIR.
+
+    Raises:
+        AdapterDiskFull: the disk filled up while the zip was written (the partial zip is removed).
+    """
     target = archive_path_for(adapter)
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_suffix(f".tmp-{os.getpid()}")
+    try:
+        with refused_when_disk_full("the adapter's download archive"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write_archive(adapter, temp)
+            os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+    return target
+
+
+def _write_archive(adapter: Adapter, temp: Path) -> None:
     members: list[tuple[str, bytes | Path]] = [
         (name, adapter.path / name) for name in ADAPTER_FILES if (adapter.path / name).exists()
     ]
     members += [("metrics.jsonl", metrics_jsonl(adapter)), ("README.md", model_card(adapter))]
     manifest = io.StringIO()
-    temp = target.with_suffix(f".tmp-{os.getpid()}")
     with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, source in members:
             if isinstance(source, Path):
@@ -99,5 +114,3 @@ def build_archive(adapter: Adapter) -> Path:
         archive.writestr("MANIFEST.sha256", manifest.getvalue())
     with open(temp, "rb") as fh:
         os.fsync(fh.fileno())
-    os.replace(temp, target)
-    return target

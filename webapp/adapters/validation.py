@@ -2,18 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lora_engine.adapter_io import read_adapter
 from lora_engine.architecture import linear_layer_shapes
 from lora_engine.config import LoraConfig
-from lora_engine.errors import AdapterFormatError, ModelLoadError
+from lora_engine.errors import AdapterFormatError, ModelLoadError, disk_full_message, is_disk_full
 
 PEFT_PREFIX = "base_model.model."
 
 
 class AdapterRejected(ValueError):
     """The adapter cannot be stored; the message says why."""
+
+    status = 400
+    code = "invalid_adapter"
+
+
+class AdapterDiskFull(AdapterRejected):
+    """The server's disk filled up while adapter files were written; nothing half-written was kept."""
+
+    status = 507
+    code = "disk_full"
+
+
+@contextmanager
+def refused_when_disk_full(what: str) -> Iterator[None]:
+    """Turn a full disk (ENOSPC/EDQUOT, also as the engine's DiskFullError) inside the block into
+    :class:`AdapterDiskFull` naming ``what``; the caller removes what the block wrote."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        raise AdapterDiskFull(disk_full_message(what)) from exc
 
 
 def _module_of(key: str) -> tuple[str, str]:

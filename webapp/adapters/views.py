@@ -15,7 +15,7 @@ from webapp.lib.owned import get_owned_or_404
 from .actions import delete_adapter, upload_adapter
 from .archive import build_archive
 from .models import Adapter
-from .validation import AdapterRejected
+from .validation import AdapterDiskFull, AdapterRejected
 
 
 def adapter_list(request: HttpRequest) -> HttpResponse:
@@ -31,7 +31,10 @@ def adapter_detail(request: HttpRequest, adapter_id) -> HttpResponse:
 
 def adapter_download(request: HttpRequest, adapter_id) -> HttpResponse:
     adapter = get_owned_or_404(Adapter.objects.select_related("base_model"), request.user, pk=adapter_id)
-    archive = build_archive(adapter)
+    try:
+        archive = build_archive(adapter)
+    except AdapterDiskFull as exc:
+        return HttpResponse(str(exc), status=exc.status, content_type="text/plain; charset=utf-8")
     return ranged_file_response(request, archive, f"{adapter.name}-adapter.zip", etag=adapter.sha256,
                                 content_type="application/zip")
 
@@ -47,7 +50,7 @@ def adapter_upload(request: HttpRequest) -> HttpResponse:
             adapter = upload_adapter(request.user, base_model, request.POST.get("name", ""), files)
         except AdapterRejected as exc:
             context["error"] = str(exc)
-            return render(request, "adapters/upload.html", context, status=400)
+            return render(request, "adapters/upload.html", context, status=exc.status)
         messages.success(request, f"Adapter {adapter.name} uploaded.")
         return redirect("adapters:detail", adapter_id=adapter.id)
     return render(request, "adapters/upload.html", context)

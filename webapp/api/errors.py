@@ -20,8 +20,10 @@ from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
+from lora_engine import json_nesting
 from lora_engine.errors import LoraEngineError, disk_full_message, is_disk_full
 from webapp.accounts.middleware import api_error
+from webapp.adapters.validation import AdapterDiskFull
 from webapp.datasets.actions import DatasetRejected
 from webapp.datasets.preview import PreviewError
 from webapp.jobs.actions import JobRejected
@@ -64,14 +66,14 @@ def parse_json_body(request: HttpRequest) -> dict[str, Any]:
     """The request body as a JSON object.
 
     Raises:
-        ApiError: not JSON, NaN/Infinity literals, or not an object. (A body over DATA_UPLOAD_MAX_MEMORY_SIZE
-            raises RequestDataTooBig, answered 413 by :func:`api_endpoint`.)
+        ApiError: not JSON, NaN/Infinity literals, nested too deeply, or not an object. (A body over
+            DATA_UPLOAD_MAX_MEMORY_SIZE raises RequestDataTooBig, answered 413 by :func:`api_endpoint`.)
     """
     raw = request.body
     if not raw.strip():
         raise ApiError("The request body is empty: send a JSON object (Content-Type: application/json).")
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = json_nesting.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(f"We could not parse the JSON body of your request ({exc}). Send a JSON object "
                        "with Content-Type: application/json.") from None
@@ -119,6 +121,8 @@ def error_for_exception(exc: Exception) -> ApiError | None:
                         "(multipart) and refer to it by its file id.", status=413, code="request_too_large")
     if isinstance(exc, (TooManyFieldsSent, MultiPartParserError, SuspiciousOperation)):
         return ApiError(f"The request could not be read: {exc}", code="invalid_request")
+    if isinstance(exc, AdapterDiskFull):
+        return ApiError(str(exc), status=exc.status, code=exc.code, error_type="server_error")
     if isinstance(exc, DatasetRejected):
         return ApiError(str(exc), status=exc.status, param=exc.param, code=exc.code, problems=exc.problems)
     if isinstance(exc, JobRejected):

@@ -6,8 +6,6 @@ Thin: parse, authorize, call an action. The chunked-upload endpoints answer JSON
 
 from __future__ import annotations
 
-import json
-
 from django.contrib import messages
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -15,6 +13,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from lora_engine import json_nesting
 from lora_engine.config import DATA_FORMATS
 from webapp.lib.owned import get_owned_or_404
 
@@ -74,13 +73,16 @@ def upload_form(request: HttpRequest) -> HttpResponse:
 @require_POST
 def upload_start(request: HttpRequest) -> JsonResponse:
     try:
-        body = json.loads(request.body or b"{}")
+        body = json_nesting.loads(request.body or b"{}")
         if not isinstance(body, dict):
             raise ValueError("not an object")
     except RequestDataTooBig:
         return JsonResponse({"error": {"message": "The request body is too large: send only {name, size, format} "
                                        "here and the file's bytes as chunks.", "param": None, "problems": []}},
                             status=413)
+    except json_nesting.JsonTooDeepError as exc:
+        return JsonResponse({"error": {"message": f"{exc}: send a JSON object {{name, size, format}}.",
+                                       "param": None, "problems": []}}, status=400)
     except ValueError:
         return JsonResponse({"error": {"message": "Send a JSON object: {name, size, format}.", "param": None,
                                        "problems": []}}, status=400)

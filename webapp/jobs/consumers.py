@@ -17,6 +17,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from lora_engine import json_nesting
+
 from . import events
 from .models import Job, MetricPoint
 
@@ -135,7 +137,7 @@ class JobConsumer(_StudioSocket):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
-            message = json.loads(text_data or "")
+            message = json_nesting.loads(text_data or "")
         except ValueError:
             await self.send_json({"type": "error", "message": 'send JSON, e.g. {"type": "resume", "after_seq": 0}'})
             return

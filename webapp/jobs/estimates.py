@@ -1,4 +1,5 @@
-"""The new-job form's live memory estimate: the engine's estimator over a base model's config.json."""
+"""Memory estimates (the new-job form's live estimate: the engine's estimator over a base model's config.json),
+and what a job's measured memory means, to compare it with its estimate."""
 
 from __future__ import annotations
 
@@ -69,3 +70,19 @@ def estimate_for(base_model, params: Mapping[str, Any]) -> dict[str, Any]:
     except (ValueError, TypeError, KeyError) as exc:
         raise EstimateError(f"cannot estimate memory for {base_model.name}: {exc}", "base_model") from None
     return estimate.to_dict()
+
+
+def memory_measure(job) -> str:
+    """What a job's memory readings measure (see ``lora_engine.device.memory_snapshot``).
+
+    Returns:
+        ``"rss_growth"`` on CPU (the process's resident set size less what it was before the model loaded),
+        ``"cuda"`` on a GPU (the allocator's allocated and peak reserved bytes), ``""`` while unknown (a queued
+        job on ``auto``).
+    """
+    device = job.device or (job.config or {}).get("device") or ""
+    if device.startswith("cpu"):
+        return "rss_growth"
+    if device.startswith("cuda"):
+        return "cuda"
+    return ""

@@ -82,6 +82,9 @@ class Job(models.Model):
     lease_owner = models.CharField(max_length=200, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
     cancel_requested = models.BooleanField(default=False)
+    unclaimed_deliveries = models.IntegerField(
+        default=0, help_text="Deliveries since the last claim that have not (yet) claimed the job: a delivery is "
+                             "counted before it can fail, and a claim resets the count.")
     last_seq = models.BigIntegerField(default=0, help_text="Sequence number of the newest metric point.")
 
     objects = OwnedQuerySet.as_manager()

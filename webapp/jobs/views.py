@@ -15,6 +15,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from webapp.lib.owned import get_owned_or_404
 
 from .actions import JobRejected, cancel_job, create_job
+from .estimates import memory_measure
 from .forms import JobForm, initial_from_job, settings_from_job
 from .models import Job
 
@@ -88,6 +89,7 @@ def job_detail(request: HttpRequest, job_id) -> HttpResponse:
         "config": job.config or {},
         "log_tail": log_tail,
         "estimate_bytes": (job.memory_estimate or {}).get("selected_total"),
+        "memory_measure": memory_measure(job),
         "oom": failed_out_of_memory(job),
         "oom_retry": oom_retry_settings(job) if failed_out_of_memory(job) else None,
     }

@@ -1,0 +1,38 @@
+"""The answer to an exception no view turned into a response (Django's ``handler500``).
+
+One such exception is not a bug and deserves a message: the disk filling up where no view can catch it, e.g.
+Django spooling a multipart upload to FILE_UPLOAD_TEMP_DIR while the CSRF check reads the body, before any view
+runs (the spooling handler has already removed its partial file). That answers 507 with the disk-full message:
+an OpenAI-shaped error under /v1 and /api, a page elsewhere. Anything else is Django's own 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.defaults import server_error as django_server_error
+
+from lora_engine.errors import DiskFullError, disk_full_message, is_disk_full
+from webapp.accounts.middleware import api_error
+
+logger = logging.getLogger(__name__)
+
+API_PREFIXES = ("/v1/", "/api/")
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """Django's handler500: called while the exception is being handled, so ``sys.exc_info()`` holds it."""
+    exc = sys.exc_info()[1]
+    if not is_disk_full(exc):
+        return django_server_error(request)
+    message = str(exc) if isinstance(exc, DiskFullError) else disk_full_message("what you sent")
+    if request.path.startswith(API_PREFIXES):
+        return api_error(message, 507, code="disk_full", error_type="server_error")
+    try:
+        return render(request, "errors/disk_full.html", {"message": message}, status=507)
+    except Exception:  # noqa: BLE001 - the page itself failed: the message alone still says what happened
+        logger.exception("rendering the disk-full page failed")
+        return HttpResponse(message, status=507, content_type="text/plain; charset=utf-8")
