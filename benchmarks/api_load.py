@@ -184,7 +184,8 @@ def run(args: argparse.Namespace) -> dict:
         paths = {"jobs list": "/v1/fine_tuning/jobs?limit=20",
                  "metrics": f"/api/jobs/{big_id}/metrics?max_points={args.max_points}"}
         server, base_url = start_asgi_server(stack.work_dir, workers=args.workers,
-                                             DB_CONN_MAX_AGE=str(args.conn_max_age), DB_POOL_SIZE=str(args.pool_size))
+                                             DB_CONN_MAX_AGE=str(args.conn_max_age), DB_POOL_SIZE=str(args.pool_size),
+                                             WEB_REQUEST_SLOTS=str(args.request_slots))
         results: dict = {"jobs": jobs, "points": points, "paths": paths, "runs": {}}
         try:
             results["sizes"] = check_answers(base_url, key, paths, args.big_job_points)
@@ -224,7 +225,7 @@ def summarize(r: dict, args: argparse.Namespace) -> tuple[list[str], str]:
         f"uvicorn with {args.workers} worker process{'es' if args.workers > 1 else ''}, "
         f"API-key auth. Each client is a keep-alive connection sending its next request as soon as the last one "
         f"answered (closed loop), for {args.seconds:g} s; the 1-client run is the baseline (service time alone). "
-        f"DB_POOL_SIZE={args.pool_size} per process"
+        f"DB_POOL_SIZE={args.pool_size} and WEB_REQUEST_SLOTS={args.request_slots} per process"
         f"{'' if args.pool_size else f', DB_CONN_MAX_AGE={args.conn_max_age}'}. "
         f"Response sizes: jobs list {r['sizes']['jobs list'] / 1000:.1f} kB, "
         f"metrics {r['sizes']['metrics'] / 1000:.1f} kB (max_points={args.max_points}).",
@@ -232,7 +233,8 @@ def summarize(r: dict, args: argparse.Namespace) -> tuple[list[str], str]:
                "p95 < 100 ms"], rows, "lrrrrrrrl"),
         f"The first metrics request (nothing cached: the whole history read and thinned) took "
         f"{r['sizes']['metrics cold ms']:.0f} ms; later requests for the same history are served from the "
-        f"per-process cache keyed by the job's last_seq (`webapp/jobs/metrics_query.py`). The first jobs-list "
+        f"per-process cache keyed by the job's last_seq (`webapp/jobs/metrics_query.py`; one read per history "
+        f"per process, concurrent requests for it wait for that read). The first jobs-list "
         f"request took {r['sizes']['jobs list cold ms']:.0f} ms.",
     ])
     return lines, body
@@ -256,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                              "the pool, not this, keeps connections)")
     parser.add_argument("--pool-size", type=int, default=10,
                         help="DB_POOL_SIZE: PostgreSQL connections pooled per web process (0: no pool)")
+    parser.add_argument("--request-slots", type=int, default=4,
+                        help="WEB_REQUEST_SLOTS: GETs inside Django at once per web process (0: no limit)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not update docs/BENCHMARKS.md")
     add_stack_arguments(parser)
     args = parser.parse_args(argv)

@@ -14,13 +14,18 @@ from django.urls import get_resolver  # noqa: E402
 get_resolver().url_patterns  # noqa: B018
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
 
 from webapp.accounts.ws_auth import WebsocketGuard  # noqa: E402
+from webapp.lib.db_pool import use_idle_check  # noqa: E402
+from webapp.lib.request_gate import RequestGate  # noqa: E402
+
+use_idle_check()  # a query per pool checkout only for connections that sat idle (webapp/lib/db_pool.py)
 from webapp.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": RequestGate(django_asgi_app, settings.WEB_REQUEST_SLOTS),
         "websocket": WebsocketGuard(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -17,6 +17,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.http import Http404
 from django.test import Client, RequestFactory
 from django.urls import get_resolver
+from django.utils import timezone
 
 from webapp.accounts.keys import create_api_key, revoke_api_key
 from webapp.accounts.models import ApiKey
@@ -182,3 +183,30 @@ def test_django_is_pinned_at_a_release_with_the_asgi_upload_limit_fixes():
     assert pinned >= ASGI_UPLOAD_LIMIT_FIXES.get(pinned[:2], (99,)), f"django {pin.group(1)} lacks the 2026 fixes"
     record("security", check="Django release", held=f"django=={pin.group(1)} has the 2026 ASGI upload-limit fixes "
                                                    "(CVE-2026-33034, CVE-2026-5766)")
+
+
+def test_a_key_revoked_by_another_process_stops_working_within_the_cache_bound(owner, monkeypatch):
+    """Each process trusts a checked key for KEY_CACHE_SECONDS: a revocation made elsewhere (here: straight
+    in the database, as another process's revoke_api_key would) reaches this process within that bound."""
+    from webapp.accounts import keys
+
+    now = [1000.0]
+    monkeypatch.setattr(keys, "clock", lambda: now[0])
+    api_key, raw = create_api_key(owner, name="cached")
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert client.get("/v1/models").status_code == 200
+    ApiKey.objects.filter(pk=api_key.pk).update(revoked_at=timezone.now())  # no signal: another process
+    now[0] += keys.KEY_CACHE_SECONDS - 0.5
+    assert client.get("/v1/models").status_code == 200  # still within the bound: served from the cache
+    now[0] += 1.0
+    response = client.get("/v1/models")
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+    assert keys.KEY_CACHE_SECONDS <= 10
+
+
+def test_a_cached_key_of_a_user_deactivated_here_stops_at_once(owner, owner_key):
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {owner_key}")
+    assert client.get("/v1/models").status_code == 200
+    owner.is_active = False
+    owner.save()
+    assert client.get("/v1/models").status_code == 401

@@ -284,7 +284,8 @@ class StepEmitter:
 
         recorder = None
         if self.through_recorder:
-            from webapp.jobs.leases import claim_job, new_lease_owner
+            from webapp.jobs.leases import claim_job
+            from webapp.lib.leased_work import new_lease_owner
             from worker.recorder import JobRecorder
 
             lease = claim_job(self.job.pk, new_lease_owner())

@@ -93,3 +93,42 @@ def test_a_repeat_request_sends_the_cached_encoding_and_the_same_bytes(owner_cli
     assert first.content == JsonResponse(first.json()).content
     paged = owner_client.get(f"/api/jobs/{job.id}/metrics?after_seq=10&limit=7")
     assert paged.content == JsonResponse(paged.json()).content and len(paged.json()["points"]) == 7
+
+
+def test_concurrent_requests_for_one_history_read_it_once(monkeypatch):
+    import threading
+    import time
+
+    reads = []
+
+    def slow_read(rows, max_points):
+        reads.append(max_points)
+        time.sleep(0.2)  # a long history being read: the other requests arrive meanwhile
+        return metrics_query.DrawnHistory(b"[]", 0, 0, None)
+
+    monkeypatch.setattr(metrics_query, "_read_history", slow_read)
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(metrics_query.drawn_history(None, 100, ("job", 7))))
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(answers) == 8 and len({id(answer) for answer in answers}) == 1
+    assert reads == [100]
+    metrics_query.drawn_history(None, 100, ("job", 8))  # another history (a new last_seq) is read anew
+    assert reads == [100, 100] and not metrics_query._reading
+
+
+def test_a_failed_read_is_not_cached_and_the_next_request_reads_again(monkeypatch):
+    calls = []
+
+    def failing_read(rows, max_points):
+        calls.append(1)
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(metrics_query, "_read_history", failing_read)
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            metrics_query.drawn_history(None, 100, ("job", 9))
+    assert len(calls) == 2 and not metrics_query._cache and not metrics_query._reading

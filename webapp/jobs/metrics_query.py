@@ -8,7 +8,9 @@ given history is kept in a small per-process cache keyed by the job's ``last_seq
 raises in the same transaction as it stores points), so many pages opening the same job share one read. The
 cache holds the thinned points already JSON-encoded (:class:`DrawnHistory`): encoding a thousand points of
 fifteen values each was about half of a cached request's CPU, and every request for that history sends the
-same bytes.
+same bytes. One request per process reads a given history; the others asking for it meanwhile wait for its
+answer (:func:`drawn_history`): fifty clients opening a job at once used to make fifty full reads of 100,000
+points, competing for the same two cores, and every one of them took seconds.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class DrawnHistory:
 
 _cache: OrderedDict[tuple, DrawnHistory] = OrderedDict()
 _cache_lock = threading.Lock()
+_reading: dict[tuple, threading.Lock] = {}  # cache key -> held by the one request reading that history
 
 
 def _number_sql(key: str) -> RawSQL:
@@ -87,17 +90,37 @@ def drawn_history(rows: QuerySet, max_points: int, cache_key: tuple | None = Non
         max_points: the drawing budget.
         cache_key: identifies this exact history (job id, its last_seq, the filters, max_points); None: no cache.
     """
-    if cache_key is not None:
-        with _cache_lock:
-            hit = _cache.get(cache_key)
-            if hit is not None:
-                _cache.move_to_end(cache_key)
-                return hit
-    drawn, total, highest_seq = downsampled_points(rows, max_points)
-    history = DrawnHistory(json.dumps(drawn, cls=DjangoJSONEncoder).encode(), len(drawn), total, highest_seq)
-    if cache_key is not None:
-        with _cache_lock:
-            _cache[cache_key] = history
-            while len(_cache) > CACHE_ENTRIES:
-                _cache.popitem(last=False)
+    if cache_key is None:
+        return _read_history(rows, max_points)
+    hit = _cached(cache_key)
+    if hit is not None:
+        return hit
+    with _cache_lock:
+        reading = _reading.setdefault(cache_key, threading.Lock())
+    with reading:  # the first request reads; the others wait here, then find its answer in the cache
+        hit = _cached(cache_key)
+        if hit is not None:
+            return hit
+        try:
+            history = _read_history(rows, max_points)
+            with _cache_lock:
+                _cache[cache_key] = history
+                while len(_cache) > CACHE_ENTRIES:
+                    _cache.popitem(last=False)
+        finally:
+            with _cache_lock:
+                _reading.pop(cache_key, None)
     return history
+
+
+def _cached(cache_key: tuple) -> DrawnHistory | None:
+    with _cache_lock:
+        hit = _cache.get(cache_key)
+        if hit is not None:
+            _cache.move_to_end(cache_key)
+        return hit
+
+
+def _read_history(rows: QuerySet, max_points: int) -> DrawnHistory:
+    drawn, total, highest_seq = downsampled_points(rows, max_points)
+    return DrawnHistory(json.dumps(drawn, cls=DjangoJSONEncoder).encode(), len(drawn), total, highest_seq)

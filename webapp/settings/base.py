@@ -11,6 +11,7 @@
 | PORT            | 8000                                     | port `make run` serves on                  |
 | WEB_CONCURRENCY | 1                                        | web server (uvicorn) worker processes      |
 | DB_POOL_SIZE    | 10                                       | PostgreSQL pool per web process (0: none)  |
+| WEB_REQUEST_SLOTS | 4                                      | GETs inside Django at once per web process |
 | MODEL_ROOTS     | DATA_DIR/models                          | directories local base models may live in  |
 """
 
@@ -107,6 +108,8 @@ if WEB_SERVER_PROCESS and DB_POOL_SIZE > 0 and DATABASES["default"]["ENGINE"] ==
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps the connections (Django refuses both at once)
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": min(2, DB_POOL_SIZE), "max_size": DB_POOL_SIZE, "timeout": env_int("DB_POOL_TIMEOUT", 30)}
+# GET/HEAD requests a web process lets into Django at once (webapp/lib/request_gate.py); 0: no limit.
+WEB_REQUEST_SLOTS = env_int("WEB_REQUEST_SLOTS", 4)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
