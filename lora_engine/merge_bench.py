@@ -216,7 +216,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         "| side | wall time (s) | peak RSS (MiB) | growth over baseline (MiB) | output (MiB) |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
-    names = {"engine": "lora_engine `merge_adapter` (tensor by tensor)",
+    names = {"engine": "lora_engine `merge_adapter` (streamed)",
              "peft": "peft `merge_and_unload()` + `save_pretrained()`"}
     for side, r in report["sides"].items():
         lines.append(f"| {names[side]} | {r['seconds']:.1f} | {r['peak_bytes'] / mib:.0f} | "
