@@ -1,8 +1,7 @@
 """Everything a training run needs before its first step: device, data, model, adapter, optimizer.
 
 :func:`setup_session` reads the data first (a bad file fails in seconds, before a large model loads), then
-loads the base model (optionally 4-bit/8-bit), injects the LoRA layers, swaps Llama-family RMSNorms for
-their one-node version (:mod:`.fused_norm`) and builds AdamW over the trainable
+loads the base model (optionally 4-bit/8-bit), injects the LoRA layers and builds AdamW over the trainable
 parameters only. :class:`MicroBatchStream` yields micro-batches epoch after epoch and remembers its position,
 so a resumed run sees exactly the batches the interrupted one would have seen.
 """
@@ -139,7 +138,6 @@ def setup_session(config: RunConfig) -> Session:
     """
     from .data import prepare_data
     from .device import reset_peak_memory, resolve_device
-    from .fused_norm import fuse_rms_norms
     from .inject import inject_lora
     from .quant import load_tokenizer
 
@@ -151,7 +149,6 @@ def setup_session(config: RunConfig) -> Session:
         raise DataError([], "there are no training rows after preparing the data; add rows or lower eval_fraction")
     model = _load_model(config, device)
     report = inject_lora(model, config.lora)
-    fuse_rms_norms(model)  # one autograd node per RMSNorm (lora_engine/fused_norm.py)
     params = [p for p in model.parameters() if p.requires_grad]
     t = config.train
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay,
