@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The engine benchmark matrix: lora_engine vs peft + a torch loop over precisions, LoRA/QLoRA, ranks, targets,
-# the ~30M-parameter MFU model and a sequence-length scaling sweep; writes section "engine" of docs/BENCHMARKS.md.
+# and the ~30M-parameter MFU model; writes section "engine" of docs/BENCHMARKS.md (the sequence-length, batch
+# and rank sweep is benchmarks/engine_scaling.sh, section "scaling").
 #
 #   bash benchmarks/engine_matrix.sh                       # CPU, 1 torch thread per side (the committed figures)
 #   DEVICE=cuda THREADS=0 STEPS=50 REPEATS=3 bash benchmarks/engine_matrix.sh
 #
 # DEVICE: auto|cpu|cuda (lora_engine/device.py). THREADS: torch threads in both sides (0: torch's default).
 # STEPS / SMALL_STEPS: optimizer steps of the main runs / of the slow ones (bf16 on a CPU without bf16
-# instructions, the 30M model, the scaling sweep). REPEATS: alternate the sides this many times, keep the fastest.
+# instructions, the 30M model). REPEATS: alternate the sides this many times, keep the fastest.
 # SECTION: the section to write (NO_WRITE=1 prints the Markdown instead).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,10 +30,6 @@ run 03-fp32-lora-r64-all --steps "$STEPS" --warmup 2 --rank 64 --targets all-lin
 run 04-bf16-lora-r8-qv --steps "$SMALL_STEPS" --warmup 2 --batch-size 2 --precision bf16
 run 05-bf16-nf4-r8-qv --steps "$SMALL_STEPS" --warmup 2 --batch-size 2 --precision bf16 --quant nf4
 run 06-mfu-30m-fp32 --steps "$SMALL_STEPS" --warmup 2 --hidden-size 512 --layers 8 --repeats "$REPEATS"
-for seq in 128 512 2048; do
-  run "07-scale-gc-seq$seq" --steps 5 --warmup 1 --batch-size 1 --seq-len "$seq" --gradient-checkpointing
-done
-run 08-scale-gc-seq512-b4-r64 --steps 5 --warmup 1 --batch-size 4 --seq-len 512 --rank 64 --gradient-checkpointing
 
 "$PYTHON" -m lora_engine.bench_report "$OUT"/*.json >"$OUT/engine.md"
 if [ -n "${NO_WRITE:-}" ]; then cat "$OUT/engine.md"; else "$PYTHON" benchmarks/report.py "$SECTION" "$OUT/engine.md"; fi

@@ -4,10 +4,12 @@
     W = m / ‖W0 + s·B@A‖_row · (W0 + s·B@A)              # DoRA (PEFT's weight-norm per output row)
 
 The base is streamed tensor by tensor from its safetensors files (never through a model object, never
-from 4-bit weights: a QLoRA adapter merges into the original 16/32-bit tensors), so peak memory is about the
-largest tensor plus the adapter. Output shards are laid out up front and written with
-:class:`~lora_engine.safetensors_stream.StreamingSafetensorsWriter` into a hidden directory next to
-``out_dir``; config, generation config and tokenizer files are copied, a ``manifest.sha256.json`` is written
+from 4-bit weights: a QLoRA adapter merges into the original 16/32-bit tensors): an adapted weight is read,
+merged and written; every other tensor is copied (and converted, for another dtype) in fixed-size blocks. Peak
+memory is about the largest adapted weight plus the adapter, whatever the size of the model or its shards.
+Output shards are laid out up front and written with
+:class:`~lora_engine.safetensors_stream.StreamingSafetensorsWriter` into a hidden directory next to ``out_dir``;
+config, generation config and tokenizer files are copied, a ``manifest.sha256.json`` is written
 last, everything is fsynced, and only then is the directory renamed into place. A reader therefore sees
 either no ``out_dir`` or a complete one. Merging the same adapter into the same base again finds the
 complete output (same manifest identity, files intact) and returns it without rewriting.
@@ -37,7 +39,7 @@ from .merge_plan import (
     plan_merge,
     resolve_model_dir,
 )
-from .safetensors_stream import DTYPES_BY_NAME, StreamingSafetensorsWriter, read_tensor
+from .safetensors_stream import DTYPES_BY_NAME, StreamingSafetensorsWriter, iter_tensor_blocks, read_tensor
 
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 MANIFEST_NAME = "manifest.sha256.json"
@@ -153,7 +155,10 @@ def _write_merged(plan: MergePlan, adapter: AdapterFactors, staging: Path, ident
         entries = [(name, plan.out_dtypes[name], plan.index[name].shape) for name in names]
         with StreamingSafetensorsWriter(staging / shard_name, entries) as writer:
             for name in names:
-                writer.write(name, _merged_tensor(plan, name))  # one tensor in memory at a time
+                if _is_edited(plan, name):
+                    writer.write(name, _merged_tensor(plan, name))  # one adapted tensor in memory at a time
+                else:  # passed through in blocks: not even the embedding matrix is held whole
+                    writer.write_blocks(name, iter_tensor_blocks(plan.index[name], plan.out_dtypes[name]))
                 weight_map[name] = shard_name
             total += writer.data_bytes
         digests[shard_name] = writer.sha256
@@ -174,6 +179,10 @@ def _write_merged(plan: MergePlan, adapter: AdapterFactors, staging: Path, ident
     manifest = {**identity, "files": digests}
     _write_synced(staging / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True))
     _fsync_dir(staging)
+
+
+def _is_edited(plan: MergePlan, name: str) -> bool:
+    return name in plan.weight_edits or name in plan.bias_edits or name in plan.replacements
 
 
 def _merged_tensor(plan: MergePlan, name: str) -> torch.Tensor:

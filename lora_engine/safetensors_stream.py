@@ -1,10 +1,13 @@
 """Safetensors files one tensor at a time: an index of a model directory's tensors and a streaming writer.
 
-A merge must not hold a whole model (or even a whole output shard) in memory. Reading uses
-``safetensors.safe_open`` and re-opens the file for each tensor, so the memory-mapped pages of a big shard
-are released as soon as the tensor is copied out. Writing lays out the header first (every tensor's dtype,
-shape and byte range are known from the plan) and then appends each tensor's bytes as it is produced, so
-peak memory is about one tensor.
+A merge must not hold a whole model (or even a whole output shard) in memory. A tensor that is edited is read
+with ``safetensors.safe_open``, re-opened for each tensor, so the memory-mapped pages of a big shard are released
+as soon as the tensor is done. A tensor that only passes through (embeddings, norms, unadapted layers) is
+copied with plain file reads in blocks of :data:`BLOCK_BYTES` (:func:`iter_tensor_blocks`), converted block by
+block when the output dtype differs: a memory map would count the whole tensor's pages in the process's
+resident set while it is copied, and the embedding matrix is often the largest tensor of a model. Writing lays
+out the header first (every tensor's dtype, shape and byte range are known from the plan) and then appends
+each tensor's bytes as they are produced, so peak memory is about the largest edited tensor.
 
 File format (https://github.com/huggingface/safetensors): 8-byte little-endian header length N, N bytes of
 JSON ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}`` padded with spaces,
@@ -18,7 +21,7 @@ import json
 import math
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +35,7 @@ DTYPE_NAMES: dict[torch.dtype, str] = {
 }
 DTYPES_BY_NAME: dict[str, torch.dtype] = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 FLOAT_NAMES = ("F64", "F32", "F16", "BF16")
+BLOCK_BYTES = 8 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -43,10 +47,24 @@ class TensorInfo:
     dtype: str
     """safetensors dtype name: F32, BF16, ..."""
     shape: tuple[int, ...]
+    offset: int = -1
+    """Where the tensor's bytes start in ``file`` (-1: not known, for a tensor not read from a file)."""
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * torch.empty((), dtype=DTYPES_BY_NAME[self.dtype]).element_size()
+        return math.prod(self.shape) * _itemsize(self.dtype)
+
+
+def _itemsize(dtype: str) -> int:
+    return torch.empty((), dtype=DTYPES_BY_NAME[dtype]).element_size()
+
+
+def _data_offsets(file: Path) -> dict[str, int]:
+    """Each tensor's absolute byte offset in a safetensors file, from its header."""
+    with open(file, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    return {name: 8 + length + entry["data_offsets"][0] for name, entry in header.items() if name != "__metadata__"}
 
 
 def index_tensors(files: Iterable[Path]) -> dict[str, TensorInfo]:
@@ -57,12 +75,13 @@ def index_tensors(files: Iterable[Path]) -> dict[str, TensorInfo]:
     """
     index: dict[str, TensorInfo] = {}
     for file in files:
+        offsets = _data_offsets(Path(file))
         with safe_open(str(file), framework="pt") as handle:
             for name in handle.keys():
                 if name in index:
                     raise KeyError(f"tensor {name} is stored twice ({index[name].file.name} and {file.name})")
                 piece = handle.get_slice(name)
-                index[name] = TensorInfo(name, Path(file), piece.get_dtype(), tuple(piece.get_shape()))
+                index[name] = TensorInfo(name, Path(file), piece.get_dtype(), tuple(piece.get_shape()), offsets[name])
     return index
 
 
@@ -70,6 +89,43 @@ def read_tensor(info: TensorInfo) -> torch.Tensor:
     """Copy one tensor out of its file; the file's memory map is closed again before returning."""
     with safe_open(str(info.file), framework="pt") as handle:
         return handle.get_tensor(info.name)
+
+
+def iter_tensor_blocks(info: TensorInfo, dtype: str, block_bytes: int = BLOCK_BYTES) -> Iterator[memoryview]:
+    """One tensor's bytes in ``dtype``, a block at a time, read with plain file reads (no memory map).
+
+    Each block is only valid until the next one is requested (the read buffer is reused).
+
+    Args:
+        info: the tensor, from :func:`index_tensors`.
+        dtype: the safetensors dtype name to yield (``info.dtype``, or another float type to convert to).
+        block_bytes: the most bytes read at once (rounded down to whole elements).
+
+    Raises:
+        OSError: the file ends before the tensor does.
+    """
+    if info.offset < 0:
+        raise ValueError(f"{info.name}: no byte offset known; index the file with index_tensors")
+    itemsize = _itemsize(info.dtype)
+    block = max(itemsize, block_bytes // itemsize * itemsize)
+    buffer = memoryview(bytearray(min(block, info.nbytes) or 1))
+    remaining = info.nbytes
+    with open(info.file, "rb", buffering=0) as handle:
+        handle.seek(info.offset)
+        while remaining:
+            size = min(block, remaining)
+            filled = 0
+            while filled < size:
+                n = handle.readinto(buffer[filled:size])
+                if not n:
+                    raise OSError(f"{info.file} ends inside tensor {info.name}; the file is truncated")
+                filled += n
+            remaining -= size
+            if dtype == info.dtype:
+                yield buffer[:size]
+            else:
+                converted = torch.frombuffer(buffer[:size], dtype=DTYPES_BY_NAME[info.dtype]).to(DTYPES_BY_NAME[dtype])
+                yield memoryview(converted.view(torch.uint8).numpy())
 
 
 def header_digest_material(file: Path) -> bytes:
@@ -128,6 +184,25 @@ class StreamingSafetensorsWriter:
         if tensor.numel():
             raw = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
             self._emit(memoryview(raw.numpy()))
+        self._next += 1
+
+    def write_blocks(self, name: str, blocks: Iterable[bytes | memoryview]) -> None:
+        """Append the next planned tensor from its raw bytes, given in blocks (see :func:`iter_tensor_blocks`).
+
+        Raises:
+            ValueError: ``name`` is not the next planned tensor, or the blocks' total size is not its size.
+        """
+        planned_name, dtype, shape = self._plan[self._next]
+        if name != planned_name:
+            raise ValueError(f"expected {planned_name}, got {name}")
+        expected, written = math.prod(shape) * _itemsize(dtype), 0
+        for block in blocks:
+            written += len(block)
+            if written > expected:
+                break
+            self._emit(block)
+        if written != expected:
+            raise ValueError(f"{name}: planned {expected} bytes of {dtype} {tuple(shape)}, got {written} or more")
         self._next += 1
 
     def close(self) -> None:
