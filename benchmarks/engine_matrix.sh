@@ -16,6 +16,8 @@ DEVICE=${DEVICE:-cpu} THREADS=${THREADS:-1} STEPS=${STEPS:-12} SMALL_STEPS=${SMA
 SECTION=${SECTION:-engine} PYTHON=${PYTHON:-.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python
 OUT=$(mktemp -d /tmp/engine-matrix-XXXXXX)
+# the section's heading and the machine, as it is when the matrix starts
+"$PYTHON" -c "from benchmarks.report import machine_markdown; print(machine_markdown())" >"$OUT/machine.md"
 
 run() {  # run NAME ARGS...: one bench setting, its JSON report kept in $OUT/NAME.json
   local name=$1
@@ -31,6 +33,14 @@ run 04-bf16-lora-r8-qv --steps "$SMALL_STEPS" --warmup 2 --batch-size 2 --precis
 run 05-bf16-nf4-r8-qv --steps "$SMALL_STEPS" --warmup 2 --batch-size 2 --precision bf16 --quant nf4
 run 06-mfu-30m-fp32 --steps "$SMALL_STEPS" --warmup 2 --hidden-size 512 --layers 8 --repeats "$REPEATS"
 
-"$PYTHON" -m lora_engine.bench_report "$OUT"/*.json >"$OUT/engine.md"
+{
+  echo "## Engine benchmark (\`bash benchmarks/engine_matrix.sh\`: \`python -m lora_engine.bench\` per row)"
+  echo
+  cat "$OUT/machine.md"
+  echo "Rows ran one after another from then on: device $DEVICE, $THREADS torch thread(s) per side (0: torch's" \
+       "default), $STEPS steps ($SMALL_STEPS for bf16 and the d=512 model), rows 01, 03 and 06 alternating the sides $REPEATS times and keeping the fastest."
+  echo
+  "$PYTHON" -m lora_engine.bench_report "$OUT"/*.json
+} >"$OUT/engine.md"
 if [ -n "${NO_WRITE:-}" ]; then cat "$OUT/engine.md"; else "$PYTHON" benchmarks/report.py "$SECTION" "$OUT/engine.md"; fi
 echo "reports kept in $OUT" >&2
