@@ -24,6 +24,9 @@
   const TERMINAL = ["succeeded", "failed", "cancelled"];
   const MAX_DRAW = 4000;       // history points asked for (the API keeps bucket minima and maxima)
   const GAP_WAIT_MS = 1000;    // how long a hole in seq may stay open before refetching
+  // A running job's socket that stays silent this long is checked against the database: pushes lost while
+  // Redis was down leave no hole to notice when nothing comes after them (e.g. the job ended meanwhile).
+  const QUIET_MS = 5000;
   const $ = (sel) => root.querySelector(sel);
 
   // Columnar series: uPlot draws straight from these arrays, appending never copies them.
@@ -35,7 +38,7 @@
   let gapTimer = null, refetching = false, historyLoaded = false;
   let xMode = "step";
   let state = root.dataset.state;
-  let ws = null, retries = 0, stopped = false, connections = 0;
+  let ws = null, retries = 0, stopped = false, connections = 0, lastHeard = Date.now();
   let lastEventId = Number(root.dataset.lastEventId) || 0;
 
   const num = (v) => (typeof v === "number" && isFinite(v) ? v : null);
@@ -117,6 +120,7 @@
     try {
       const body = await Studio.api(`${metricsUrl}?after_seq=${lastSeq}&max_points=${MAX_DRAW}`);
       receive(body.points, body.last_seq);
+      updateState(body.state);
     } catch (e) {
       console.warn("refetching metrics failed", e);
       setTimeout(() => checkGap(null), GAP_WAIT_MS);
@@ -157,6 +161,7 @@
     };
     ws.onmessage = (event) => {
       let msg;
+      lastHeard = Date.now();
       try { msg = JSON.parse(event.data); } catch (e) { return; }
       if (msg.type === "points") receive(msg.points, msg.last_seq);
       else if (msg.type === "state") updateState(msg.job);
@@ -174,6 +179,12 @@
       setTimeout(connect, Studio.reconnectDelay(retries));
     };
   }
+
+  setInterval(() => {
+    if (stopped || !historyLoaded || TERMINAL.includes(state) || Date.now() - lastHeard < QUIET_MS) return;
+    lastHeard = Date.now();
+    refetch();
+  }, 1000);
 
   function setLive(on) {
     const dot = $('[data-testid="live"]');

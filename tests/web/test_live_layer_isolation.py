@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 from channels_redis.pubsub import RedisPubSubChannelLayer
@@ -29,8 +30,8 @@ def test_the_live_layer_names_carry_the_installs_database_number():
 
 def on_database(number: int) -> RedisPubSubChannelLayer:
     """The live layer an install whose REDIS_URL selects database ``number`` of this test's Redis server."""
-    server = settings.REDIS_URL.rsplit("/", 1)[0] if redis_db_number(settings.REDIS_URL) else settings.REDIS_URL
-    return RedisPubSubChannelLayer(**live_layer(f"{server.rstrip('/')}/{number}")["CONFIG"])
+    parts = urlsplit(settings.REDIS_URL)
+    return RedisPubSubChannelLayer(**live_layer(f"{parts.scheme}://{parts.netloc}/{number}")["CONFIG"])
 
 
 async def heard(sender: RedisPubSubChannelLayer, listener: RedisPubSubChannelLayer) -> tuple[bool, bool]:

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from django.utils import timezone
 from safetensors.torch import load_file
 
 from lora_engine import RunConfig, train
@@ -86,23 +87,25 @@ def test_a_job_delivered_twice_runs_once(transactional_db, owner, base_model, da
     assert sum("claimed as" in log for log in logs) == 1
 
 
+STEPS = 1000
+
+
 def test_a_killed_worker_job_resumes_from_its_checkpoint(transactional_db, owner, base_model, dataset, workers,
                                                          tmp_path):
-    job = create_job(owner, dataset, base_model, {**TINY_RUN, "max_steps": 120, "save_every": 10})
+    # long enough that the kill lands mid-training on a fast machine too (the database trails the trainer by up
+    # to a second of steps, so the trainer is past the step the test sees)
+    job = create_job(owner, dataset, base_model, {**TINY_RUN, "max_steps": STEPS, "save_every": 50})
     doomed = workers("doomed")
     checkpoint = wait_until(lambda: Checkpoint.objects.filter(job=job).order_by("-step").first(), timeout=120,
                             message="a first checkpoint")
     wait_until(lambda: job_state(job).current_step >= checkpoint.step + 2, timeout=60, message="steps after it")
     doomed.kill()  # SIGKILL the worker's whole process group, mid-step
-    killed = time.monotonic()
+    killed = timezone.now()
     killed_at = job_state(job).current_step
     last_checkpoint = Checkpoint.objects.filter(job=job).order_by("-step").first().step
-    assert job.state == Job.State.RUNNING and killed_at < 120
+    assert job.state == Job.State.RUNNING and killed_at < STEPS
 
     workers("rescuer")  # its maintenance timer reaps the expired lease and it takes the job
-    wait_until(lambda: MetricPoint.objects.filter(job=job, split="train", values__attempt=2).exists(), timeout=180,
-               message="the second attempt's first step")
-    recovered_after = time.monotonic() - killed
     wait_for_end(job, timeout=180)
 
     assert job.state == Job.State.SUCCEEDED, job.error
@@ -113,8 +116,8 @@ def test_a_killed_worker_job_resumes_from_its_checkpoint(transactional_db, owner
     # the database, but it is on disk), not from step 0; the database's step lags the trainer by up to one
     # recorder write (about a second of steps), so the bound is a checkpoint step, not killed_at ...
     resume_step = resumed.data["start_step"]
-    assert last_checkpoint <= resume_step < 120 and resume_step > 0 and resume_step % 10 == 0, (resume_step,
-                                                                                               killed_at)
+    assert last_checkpoint <= resume_step < STEPS and resume_step > 0 and resume_step % 50 == 0, (resume_step,
+                                                                                                 killed_at)
     # ... so its first step is the one after that checkpoint (steps the first attempt already stored are not
     # stored again), and every later step is its own
     by_attempt: dict = {}
@@ -128,7 +131,8 @@ def test_a_killed_worker_job_resumes_from_its_checkpoint(transactional_db, owner
                     "last step the first attempt stored": max(by_attempt[1]),
                     "steps restored from the checkpoint's records": MetricPoint.objects.filter(
                         job=job, split="train", values__restored=True).count(),
-                    "seconds from kill to the next stored step": round(recovered_after, 1),
+                    "seconds from the kill to the resumed start": round(
+                        (resumed.created_at - killed).total_seconds(), 1),
                     "adapter vs uninterrupted run, max abs difference": f"{difference:.1e}"})
 
 
