@@ -7,10 +7,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable
 
-from webapp.lib.leased_work import Lease, LeasedWork, new_lease_owner
+from webapp.lib.leased_work import Lease, LeasedWork, is_row_id, new_lease_owner
 
 from .db import retry_db
 from .heartbeat import LeaseHeartbeat
@@ -27,9 +26,7 @@ class LeaseLost(Exception):  # noqa: N818 - a signal, not an error
 def claim_delivery(work: LeasedWork, row_id: str, claim: Claim) -> Lease | None:
     """Claim ``row_id`` for this delivery with ``claim(row_id, owner)``, or None (logged) when the delivery is
     dropped: the id is not one, or the row is not claimable (someone holds it, it ended, it is gone)."""
-    try:
-        uuid.UUID(str(row_id))
-    except ValueError:
+    if not is_row_id(row_id):
         logger.error("%s: %r is not a %s id; dropped", work.what, row_id, work.what)
         return None
     lease = retry_db(lambda: claim(row_id, new_lease_owner()), f"claim {work.what}")

@@ -18,21 +18,14 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from .actions import add_event, emit_state_on_commit
+from webapp.lib.leased_work import is_row_id
+
+from .actions import JOBS, add_event, emit_state_on_commit
 from .models import Job
 
 
 def _queued(job_id: uuid.UUID | str):
-    return Job.objects.filter(pk=job_id, state=Job.State.QUEUED, cancel_requested=False)
-
-
-def is_job_id(job_id: object) -> bool:
-    """Whether a message's argument can be a job's id at all (a UUID)."""
-    try:
-        uuid.UUID(str(job_id))
-        return True
-    except ValueError:
-        return False
+    return Job.objects.filter(pk=job_id, state=Job.State.QUEUED, **JOBS.claimable)
 
 
 def count_delivery(job_id: uuid.UUID | str) -> bool:
@@ -42,7 +35,7 @@ def count_delivery(job_id: uuid.UUID | str) -> bool:
         False when the job has already had JOB_MAX_ATTEMPTS deliveries without a claim: it is failed now and
         this delivery must stop. True otherwise (also for a job that is not queued: the claim drops it).
     """
-    if not is_job_id(job_id):
+    if not is_row_id(job_id):
         return True  # the claim logs and drops it
     with transaction.atomic():
         job = _queued(job_id).select_for_update().first()
@@ -68,7 +61,7 @@ def record_failed_delivery(job_id: uuid.UUID | str, technical: str, error: str) 
         exception came after a claim, which the lease and the reaper take care of).
     """
     with transaction.atomic():
-        job = _queued(job_id).select_for_update().first() if is_job_id(job_id) else None
+        job = _queued(job_id).select_for_update().first() if is_row_id(job_id) else None
         if job is None:
             return None
         job.error, job.error_message = technical[-20000:], f"The last delivery failed with {error}."

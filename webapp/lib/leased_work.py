@@ -51,6 +51,15 @@ class Lease:
                                          attempt=self.attempt)
 
 
+def is_row_id(value: object) -> bool:
+    """Whether a task message's argument can be a row's id at all (a UUID)."""
+    try:
+        uuid.UUID(str(value))
+        return True
+    except ValueError:
+        return False
+
+
 def new_lease_owner() -> str:
     """A name unique to this worker process and this task run (host:pid:random)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
