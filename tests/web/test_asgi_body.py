@@ -20,8 +20,10 @@ from tests.support.data import CHAT_ROWS, jsonl
 from tests.support.disk import files_under, fill_up
 from webapp.asgi import application
 from webapp.datasets.models import Dataset
+from webapp.datasets.uploads import CHUNK_BYTES
+from webapp.lib.asgi_body import DataDirASGIHandler
 
-MEMORY = 1024  # FILE_UPLOAD_MAX_MEMORY_SIZE here: every body below is larger, so it is spooled to disk
+MEMORY = 1024  # both memory limits here: the uploads below are larger, so they are spooled to disk
 CHUNKS = 4
 
 
@@ -93,7 +95,7 @@ def post(path: str, content_type: str, body: bytes, credentials: tuple[bytes, by
 
 def test_a_large_upload_is_spooled_under_file_upload_temp_dir(transactional_db, owner, owner_key, settings,
                                                              tmp_path):
-    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = MEMORY
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = settings.DATA_UPLOAD_MAX_MEMORY_SIZE = MEMORY
     settings.FILE_UPLOAD_TEMP_DIR = spool = tmp_path / "uploads"
     spool.mkdir()
     content = jsonl(CHAT_ROWS * 20)
@@ -115,7 +117,7 @@ def test_a_body_that_fills_the_disk_while_spooled_is_a_507(transactional_db, own
     disk = small_disk(tmp_path / "disk", 256)
     settings.DATA_DIR, settings.FILE_UPLOAD_TEMP_DIR = disk, disk / "tmp"
     settings.FILE_UPLOAD_TEMP_DIR.mkdir()
-    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = MEMORY
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = settings.DATA_UPLOAD_MAX_MEMORY_SIZE = MEMORY
     fill_up(disk)
     before = files_under(disk)
     # the API with its key; the page as a browser sends it (its CSRF token is in the body nobody could store)
@@ -127,3 +129,30 @@ def test_a_body_that_fills_the_disk_while_spooled_is_a_507(transactional_db, own
     assert b"The server&#x27;s disk is full" in answer or b"The server's disk is full" in answer, answer[:500]
     assert b'"code": "disk_full"' in answer if path.startswith("/v1/") else b"<html" in answer  # the page
     assert files_under(disk) == before and not Dataset.objects.exists()
+
+
+def test_a_body_up_to_the_data_upload_limit_stays_in_memory(settings, tmp_path):
+    """The data set page's upload chunks (4 MB, under DATA_UPLOAD_MAX_MEMORY_SIZE): the view streams them into
+    the upload file, so spooling them first would write every byte twice. One byte more is spooled."""
+    settings.FILE_UPLOAD_TEMP_DIR = spool = tmp_path / "uploads"
+    spool.mkdir()
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    assert limit >= CHUNK_BYTES > settings.FILE_UPLOAD_MAX_MEMORY_SIZE
+
+    def spooled(size: int) -> list[str]:
+        messages = [{"type": "http.request", "body": b"x" * (size - 1), "more_body": True},
+                    {"type": "http.request", "body": b"x", "more_body": False}]
+        seen: list[str] = []
+
+        async def receive() -> dict:
+            if len(messages) == 1:
+                seen.extend(open_files_under(spool))
+            return messages.pop(0)
+
+        body = async_to_sync(DataDirASGIHandler().read_body)(receive)
+        assert len(body.read()) == size
+        body.close()
+        return seen
+
+    assert spooled(limit) == []
+    assert len(spooled(limit + 2)) == 1

@@ -8,6 +8,11 @@ upload handler under FILE_UPLOAD_TEMP_DIR. Here the body is spooled in FILE_UPLO
 (the system temporary directory when the setting is empty). The rolled-over file has no name: nothing is left
 behind when the process dies.
 
+A multipart upload past ``memory_limit()`` is still written twice: spooled here, then copied out of its
+multipart framing by the upload handler (and renamed into place, not copied). Avoiding that would mean handing
+the view the body while it arrives, which Django's ASGI handler does not do. A raw body up to
+``memory_limit()`` (the data set page's chunks) stays in memory and is written once.
+
 When that disk fills while the body is spooled, the rest of the body is received and dropped, and the request is
 answered before any middleware or view runs, as a full disk found while Django parses a body is (507 with the
 disk-full message, webapp.lib.server_errors), not with the server's bare 500.
@@ -32,6 +37,14 @@ from .server_errors import disk_full_response
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
+def memory_limit() -> int:
+    """The largest body kept in memory while it arrives: DATA_UPLOAD_MAX_MEMORY_SIZE (Django reads a body that
+    size into memory anyway when a view asks for ``request.body``; and the data set page's 4 MB upload chunks
+    then reach the disk once, appended to their upload, instead of twice), at least FILE_UPLOAD_MAX_MEMORY_SIZE
+    (Django's own threshold)."""
+    return max(settings.FILE_UPLOAD_MAX_MEMORY_SIZE, settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0)
+
+
 def spool_dir() -> str | None:
     """Where a request body past FILE_UPLOAD_MAX_MEMORY_SIZE goes: FILE_UPLOAD_TEMP_DIR, else the system's."""
     return str(settings.FILE_UPLOAD_TEMP_DIR) if settings.FILE_UPLOAD_TEMP_DIR else None
@@ -52,9 +65,8 @@ class DataDirASGIHandler(ASGIHandler):
 
     async def read_body(self, receive: Receive) -> Any:
         """Django 5.2's ``read_body`` (the body in a SpooledTemporaryFile, RequestAborted on an early disconnect)
-        with the spool in ``spool_dir()``, and an UnstoredBody when the disk fills."""
-        body_file = tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE, mode="w+b",
-                                                  dir=spool_dir())
+        with the spool in ``spool_dir()`` past ``memory_limit()``, and an UnstoredBody when the disk fills."""
+        body_file = tempfile.SpooledTemporaryFile(max_size=memory_limit(), mode="w+b", dir=spool_dir())
         more = True
         while more:
             message = await receive()
