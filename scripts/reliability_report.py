@@ -107,6 +107,11 @@ FAULTS.update({
          "marked running",
          "after JOB_MAX_ATTEMPTS deliveries the job is failed with a message naming the error; no further "
          "delivery; the same worker trains the next job"),
+    "test_a_merge_or_session_whose_worker_dies_before_its_claim_fails_after_max_attempts":
+        ("the worker's claim of a merge (or a playground session) SIGKILLs its process at every delivery, before "
+         "the row is marked running",
+         "the delivery after JOB_MAX_ATTEMPTS deaths fails the merge (session) saying its worker stopped N times; "
+         "no further delivery; the same worker trains the next job"),
     "test_an_adapter_upload_to_a_full_disk_is_a_507_and_nothing_is_kept":
         ("a full tmpfs as DATA_DIR under the adapter upload page",
          "507 saying the disk is full; no adapter row, no partial file or directory"),

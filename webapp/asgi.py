@@ -2,10 +2,15 @@
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings.local")
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)  # what django.core.asgi.get_asgi_application does, for our handler
+
+from webapp.lib.asgi_body import DataDirASGIHandler  # noqa: E402
+
+# Django's handler, with request bodies spooled under FILE_UPLOAD_TEMP_DIR instead of /tmp (webapp/lib/asgi_body.py).
+django_asgi_app = DataDirASGIHandler()
 
 from django.urls import get_resolver  # noqa: E402
 

@@ -1,6 +1,7 @@
 """What every leased task (training, merge, GGUF export) does with a delivery: check the id, claim the row or drop
-the delivery, and, for merges and GGUF exports, hold the lease with a heartbeat around the work and record how
-it ended (see webapp.lib.leased_work for the lease itself)."""
+the delivery, and, for merges and GGUF exports, count the delivery before the claim (worker.delivery), hold the
+lease with a heartbeat around the work and record how it ended (see webapp.lib.leased_work for the lease
+itself)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import os
 import time
 from collections.abc import Callable
 
-from webapp.lib.leased_work import Lease, LeasedWork, is_row_id, new_lease_owner
+from webapp.lib.delivery_cap import is_row_id
+from webapp.lib.leased_work import Lease, LeasedWork, new_lease_owner
 
 from .db import retry_db
+from .delivery import capped_delivery
 from .heartbeat import LeaseHeartbeat
 
 logger = logging.getLogger(__name__)
@@ -42,12 +45,19 @@ def claim_delivery(work: LeasedWork, row_id: str, claim: Claim) -> Lease | None:
 def run_leased_task(work: LeasedWork, row_id: str, claim: Claim, do_work: Callable[[Lease, LeaseHeartbeat], str],
                     describe_failure: Callable[[BaseException], tuple[str, str]]) -> str:
     """Claim ``row_id`` and run ``do_work(lease, heartbeat)`` while a heartbeat renews the lease; an exception
-    fails the row with ``describe_failure``'s (technical, human) messages.
+    fails the row with ``describe_failure``'s (technical, human) messages. The delivery is counted first, and
+    capped at JOB_MAX_ATTEMPTS when none reaches the claim (``work.deliveries``).
 
     Returns:
         What happened: "dropped", "lost" (LeaseLost, or the lease was gone when the failure was recorded),
         "failed", or what ``do_work`` returned.
     """
+    return capped_delivery(work.deliveries, row_id,
+                           lambda target: _claim_and_run(work, target, claim, do_work, describe_failure))
+
+
+def _claim_and_run(work: LeasedWork, row_id: str, claim: Claim, do_work: Callable[[Lease, LeaseHeartbeat], str],
+                   describe_failure: Callable[[BaseException], tuple[str, str]]) -> str:
     lease = claim_delivery(work, row_id, claim)
     if lease is None:
         return "dropped"

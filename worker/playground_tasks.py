@@ -10,15 +10,16 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-import uuid
 from functools import partial
 from typing import Any
 
+from webapp.lib.delivery_cap import is_row_id
 from webapp.playground import actions, events
 from webapp.playground.models import PlaygroundSession
 
 from .celery import app
 from .db import retry_db
+from .delivery import capped_delivery
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +34,15 @@ def playground(session_id: str) -> str:
 
 
 def run_playground_session(session_id: str) -> str:
-    """Answer ``session_id`` if it is queued. Returns what happened: dropped, succeeded or failed."""
-    try:
-        uuid.UUID(str(session_id))
-    except ValueError:
+    """Answer ``session_id`` if it is queued. Returns what happened: dropped, succeeded or failed.
+
+    The delivery is counted before it can fail, and capped at JOB_MAX_ATTEMPTS when none starts the session.
+    """
+    return capped_delivery(actions.SESSION_DELIVERIES, session_id, _start_and_answer)
+
+
+def _start_and_answer(session_id: str) -> str:
+    if not is_row_id(session_id):
         logger.error("playground: %r is not a session id; dropped", session_id)
         return "dropped"
     session = retry_db(lambda: actions.start_session(session_id), "start playground session")

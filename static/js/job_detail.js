@@ -24,9 +24,6 @@
   const TERMINAL = ["succeeded", "failed", "cancelled"];
   const MAX_DRAW = 4000;       // history points asked for (the API keeps bucket minima and maxima)
   const GAP_WAIT_MS = 1000;    // how long a hole in seq may stay open before refetching
-  // A running job's socket that stays silent this long is checked against the database: pushes lost while
-  // Redis was down leave no hole to notice when nothing comes after them (e.g. the job ended meanwhile).
-  const QUIET_MS = 5000;
   const $ = (sel) => root.querySelector(sel);
 
   // Columnar series: uPlot draws straight from these arrays, appending never copies them.
@@ -38,7 +35,10 @@
   let gapTimer = null, refetching = false, historyLoaded = false;
   let xMode = "step";
   let state = root.dataset.state;
-  let ws = null, retries = 0, stopped = false, connections = 0, lastHeard = Date.now();
+  let ws = null, retries = 0, stopped = false, connections = 0;
+  // A job not yet ended whose socket stays silent is checked against the database (Studio.quietWatch): pushes
+  // lost while Redis was down leave no hole to notice when nothing comes after them (e.g. the job ended).
+  const quiet = Studio.quietWatch(() => refetch());
   let lastEventId = Number(root.dataset.lastEventId) || 0;
 
   const num = (v) => (typeof v === "number" && isFinite(v) ? v : null);
@@ -161,7 +161,7 @@
     };
     ws.onmessage = (event) => {
       let msg;
-      lastHeard = Date.now();
+      quiet.heard(jobId);
       try { msg = JSON.parse(event.data); } catch (e) { return; }
       if (msg.type === "points") receive(msg.points, msg.last_seq);
       else if (msg.type === "state") updateState(msg.job);
@@ -172,6 +172,7 @@
       setLive(false);
       if (event.code === 4401 || event.code === 4403) {
         stopped = true;
+        quiet.forget(jobId);
         $('[data-testid="live"]').textContent = "signed out";
         return;
       }
@@ -179,12 +180,6 @@
       setTimeout(connect, Studio.reconnectDelay(retries));
     };
   }
-
-  setInterval(() => {
-    if (stopped || !historyLoaded || TERMINAL.includes(state) || Date.now() - lastHeard < QUIET_MS) return;
-    lastHeard = Date.now();
-    refetch();
-  }, 1000);
 
   function setLive(on) {
     const dot = $('[data-testid="live"]');
@@ -215,6 +210,8 @@
       fetchLog();
     }
     state = job.state;
+    if (TERMINAL.includes(state) || stopped) quiet.forget(jobId);
+    else quiet.watch(jobId);
     checkGap(job.last_seq);
   }
 

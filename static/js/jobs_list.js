@@ -1,4 +1,7 @@
 // Jobs list: live progress bars from ws/jobs/, and "Compare selected" -> /compare/?jobs=id1,id2.
+// A row of a job not yet ended whose socket says nothing about it for a while is read from the database
+// (Studio.quietWatch): pushes lost while Redis was down, or while the socket reconnected, leave nothing to
+// notice when nothing follows them (a job that ended meanwhile is not in the socket's snapshot either).
 "use strict";
 (function () {
   const TERMINAL = ["succeeded", "failed", "cancelled"];
@@ -18,11 +21,23 @@
 
   const table = document.querySelector("[data-ws-path]");
   if (!table) return;
-  let retries = 0, connections = 0;
+  let retries = 0, connections = 0, stopped = false;
+  const quiet = Studio.quietWatch(check);
+
+  async function check(jobId) {
+    if (stopped) return;
+    try {
+      update(await Studio.api(`/api/jobs/${jobId}`));
+    } catch (e) {
+      if (e.status === 404) quiet.forget(jobId);  // deleted; otherwise the next quiet spell tries again
+    }
+  }
 
   function update(job) {
-    const row = document.querySelector(`tr[data-job-id="${job.id}"]`);
+    const row = job && job.state ? document.querySelector(`tr[data-job-id="${job.id}"]`) : null;
     if (!row) return;
+    if (TERMINAL.includes(job.state)) quiet.forget(job.id);
+    else quiet.watch(job.id);
     const badge = row.querySelector('[data-field="state"]');
     badge.textContent = job.state.charAt(0).toUpperCase() + job.state.slice(1);
     badge.className = "state state-" + job.state;
@@ -43,10 +58,13 @@
       } catch (e) { /* ignore malformed frames */ }
     };
     ws.onclose = (event) => {
-      if (event.code === 4401) return;
+      if (event.code === 4401) { stopped = true; return; }
       retries += 1;
       setTimeout(connect, Studio.reconnectDelay(retries));
     };
+  }
+  for (const row of table.querySelectorAll("tr[data-job-id]")) {
+    if (!TERMINAL.includes(row.dataset.state)) quiet.watch(row.dataset.jobId);
   }
   connect();
   // What tests (and the curious) can read: how many times the live socket has opened.

@@ -44,5 +44,26 @@ window.Studio = (function () {
     const ceiling = Math.min(10000, 500 * 2 ** Math.min(retries, 5));
     return ceiling * (0.5 + Math.random() / 2);
   }
-  return { cookie, api, formatBytes, formatDuration, wsUrl, reconnectDelay };
+  // Live pushes lost while Redis was down leave a page stale when nothing follows them (a job that ended
+  // meanwhile sends nothing more). A page watches the things it shows live: each push about one counts as
+  // news (heard), and one silent for quietMs is handed to check(key), which reads it from the database;
+  // then its quiet clock starts again. Things that cannot change any more are forgotten.
+  const QUIET_MS = 5000;
+  function quietWatch(check, quietMs = QUIET_MS) {
+    const lastNews = new Map();
+    setInterval(() => {
+      const now = Date.now();
+      for (const [key, at] of lastNews) {
+        if (now - at < quietMs) continue;
+        lastNews.set(key, now);
+        check(key);
+      }
+    }, 1000);
+    return {
+      watch(key) { lastNews.set(key, Date.now()); },
+      heard(key) { if (lastNews.has(key)) lastNews.set(key, Date.now()); },
+      forget(key) { lastNews.delete(key); },
+    };
+  }
+  return { cookie, api, formatBytes, formatDuration, wsUrl, reconnectDelay, quietWatch };
 })();

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from webapp.jobs.deliveries import count_delivery, record_failed_delivery
+from webapp.jobs.actions import JOBS
 from webapp.jobs.leases import claim_job
 from webapp.jobs.models import Job, JobEvent
 
 from .jobs_factories import make_job
 
 ERROR = "RuntimeError: setup broke"
+count_delivery, record_failed_delivery = JOBS.deliveries.count, JOBS.deliveries.record_failure
 
 
 @pytest.fixture
@@ -42,7 +43,8 @@ def test_failed_deliveries_keep_the_job_queued_until_the_last_allowed_one(queued
 
     queued.refresh_from_db()
     assert failed is not None and queued.state == Job.State.FAILED and queued.finished_at is not None
-    assert "failed 3 times before training began, each time with RuntimeError: setup broke" in queued.error_message
+    assert ("The job could not be started: its worker failed 3 times before it began, each time with "
+            "RuntimeError: setup broke") in queued.error_message
     assert queued.error == "Traceback ..."
     assert JobEvent.objects.filter(job=queued, level="warning").count() == 2
     assert JobEvent.objects.filter(job=queued, level="error", message__contains="setup broke").count() == 1
@@ -55,7 +57,7 @@ def test_deliveries_that_died_silently_fail_the_job_at_the_next_one(queued):
 
     queued.refresh_from_db()
     assert queued.state == Job.State.FAILED
-    assert "its worker stopped 3 times before training began" in queued.error_message
+    assert "its worker stopped 3 times before it began" in queued.error_message
 
 
 def test_an_exception_after_the_claim_is_left_to_the_lease(queued):

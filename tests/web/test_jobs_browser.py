@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.conftest import PASSWORD
@@ -103,5 +105,58 @@ def test_the_jobs_list_updates_progress_and_links_to_compare(transactional_db, o
 
         chosen = parse_qs(urlparse(page.url).query)["jobs"][0].split(",")
         assert sorted(chosen) == sorted([str(first.id), str(second.id)])
+    finally:
+        server.stop()
+
+
+@pytest.mark.browser
+@pytest.mark.stack
+def test_the_jobs_list_reads_a_silent_job_from_the_database(transactional_db, owner, page, tmp_path):
+    """A job ends and its push is lost (Redis was down): nothing follows it on the socket, so the row of a job
+    not yet ended that hears nothing for Studio's QUIET_MS (5 s) is read from the database. Ended jobs are not."""
+    silent, ended = make_job(owner, suffix="lost-push"), make_job(owner, suffix="done", state="succeeded")
+    server, base_url = start_asgi_server(tmp_path)
+    asked: list[str] = []
+    try:
+        log_in(page, base_url, owner.username, PASSWORD)
+        page.on("request", lambda request: asked.append(request.url) if "/api/jobs/" in request.url else None)
+        page.goto(f"{base_url}/jobs/")
+        page.wait_for_function("window.LoraStudioJobs && window.LoraStudioJobs.connections > 0")
+        row = page.locator(f"tr[data-job-id='{silent.id}']")
+        assert row.locator("[data-field=state]").inner_text() == "Running"
+
+        silent.state, silent.current_step, silent.progress = "succeeded", 1000, 1.0
+        silent.save()  # ... and no push: the page has nothing to go by but the database
+
+        wait_until(lambda: row.locator("[data-field=state]").inner_text() == "Succeeded", timeout=15,
+                   message="the silent job's row read from the database")
+        assert row.locator("[data-field=steps]").inner_text() == "1000 / 1000"
+        assert row.locator("[data-field=eta]").inner_text() == "–"
+        checks = len(asked)
+        time.sleep(6)  # longer than QUIET_MS: an ended job is not asked about again
+        assert len(asked) == checks and not [url for url in asked if str(ended.id) in url], asked
+    finally:
+        server.stop()
+
+
+@pytest.mark.browser
+@pytest.mark.stack
+def test_a_job_page_reads_a_silent_job_from_the_database(transactional_db, owner, page, tmp_path):
+    """The job page's side of the same: the job ends and its pushes are lost; the page catches up by itself."""
+    job = make_job(owner, suffix="lost-push")
+    add_points(job, range(1, 11))
+    server, base_url = start_asgi_server(tmp_path)
+    try:
+        log_in(page, base_url, owner.username, PASSWORD)
+        page.goto(f"{base_url}/jobs/{job.id}/")
+        page.wait_for_function("document.querySelector('[data-testid=live]').textContent === 'live'")
+        assert train_points(page) == 10
+
+        add_points(job, range(11, 21))
+        job.state, job.current_step, job.progress = "succeeded", 20, 1.0
+        job.save()  # ... and no push
+
+        page.wait_for_function("document.querySelector('[data-testid=job-state]').textContent === 'Succeeded'")
+        wait_until(lambda: train_points(page) == 20, timeout=5, message="the points stored meanwhile drawn")
     finally:
         server.stop()

@@ -105,7 +105,8 @@ def _killed_message(attempts: int) -> str:
 
 # enqueue_gguf_export is looked up when called, so a test can replace it.
 GGUF_EXPORTS = LeasedWork(GGUFExport, GGUF_TASK, "GGUF export",
-                          enqueue=lambda export_id: enqueue_gguf_export(export_id), killed_message=_killed_message)
+                          enqueue=lambda export_id: enqueue_gguf_export(export_id), killed_message=_killed_message,
+                          again="pressing Export GGUF again")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def _killed_message(attempts: int) -> str:
 
 # enqueue_merge is looked up when called, so a test can replace it.
 MERGES = LeasedWork(Merge, MERGE_TASK, "merge", enqueue=lambda merge_id: enqueue_merge(merge_id),
-                    killed_message=_killed_message)
+                    killed_message=_killed_message, again="pressing Merge again")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -52,7 +52,8 @@ class Adapter(models.Model):
 
 class LeasedWorkRow(models.Model):
     """The lifecycle fields of work a worker runs under a lease (see webapp.lib.leased_work): queued → running →
-    succeeded | failed, with attempts and the lease."""
+    succeeded | failed, with attempts, the lease, and the deliveries that did not reach the claim
+    (webapp.lib.delivery_cap)."""
 
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -70,6 +71,9 @@ class LeasedWorkRow(models.Model):
     attempt = models.IntegerField(default=0)
     lease_owner = models.CharField(max_length=200, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    unclaimed_deliveries = models.IntegerField(
+        default=0, help_text="Deliveries since the last claim that have not (yet) claimed the row: a delivery is "
+                             "counted before it can fail, and a claim resets the count.")
 
     objects = OwnedQuerySet.as_manager()
 

@@ -60,10 +60,21 @@ def enqueue_training(job_id: uuid.UUID | str) -> bool:
     return send_task_best_effort(TRAIN_TASK, job_id, "job", task_id=str(job_id))
 
 
+def _log_delivery_failure(job: Job, message: str, level: str) -> None:
+    """A delivery failed before its claim (see webapp.lib.delivery_cap): in the job's log, and the state pushed
+    when the job is failed for it."""
+    add_event(job, message if level == "warning" else f"Training failed: {message}", level=level,
+              deliveries=job.unclaimed_deliveries)
+    if level == "error":
+        emit_state_on_commit(job)
+
+
 # The jobs' lease lifecycle (claimed in leases.py, reaped in reaper.py). enqueue_training is looked up when
-# called, so a test can replace it. A job someone asked to cancel is not claimed (nor sent again).
+# called, so a test can replace it. A job someone asked to cancel is not claimed (nor sent again). Deliveries
+# that fail before the claim are capped by JOBS.deliveries.
 JOBS = LeasedWork(Job, TRAIN_TASK, "job", enqueue=lambda job_id: enqueue_training(job_id),
-                  claimable={"cancel_requested": False})
+                  claimable={"cancel_requested": False}, again="launching the job again",
+                  notify=_log_delivery_failure)
 enqueue_on_commit = JOBS.enqueue_on_commit
 
 

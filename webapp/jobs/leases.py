@@ -32,8 +32,7 @@ def claim_job(job_id: uuid.UUID | str, owner: str) -> Lease | None:
         The lease, or None when the job is not queued (someone holds it, it ended, it was cancelled or deleted).
     """
     with transaction.atomic():
-        lease = JOBS.claim(job_id, owner, worker_host=socket.gethostname()[:200], eta_seconds=None,
-                           unclaimed_deliveries=0)
+        lease = JOBS.claim(job_id, owner, worker_host=socket.gethostname()[:200], eta_seconds=None)
         if lease is None:
             return None
         job = Job.objects.select_related("owner").get(pk=lease.row_id)

@@ -10,7 +10,9 @@ reconciler (worker.reconciler), which lists the rows through ``queued_ids``.
 
 One ``LeasedWork`` per kind of work, built from the model class (with ``State`` QUEUED / RUNNING / SUCCEEDED /
 FAILED and the fields ``state attempt lease_owner lease_expires_at started_at finished_at progress error
-error_message``), its task, how to enqueue a row and what to tell people when workers kept dying on it.
+error_message unclaimed_deliveries``), its task, how to enqueue a row and what to tell people when workers kept
+dying on it. Its deliveries that fail before the claim are capped too (``deliveries``, see
+webapp.lib.delivery_cap).
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from django.db.models import DateTimeField, F, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from .delivery_cap import ERROR_TAIL_CHARS, DeliveryCap, Notify
+
 logger = logging.getLogger(__name__)
 
-ERROR_TAIL_CHARS = 20000  # the end of a traceback is the part that says what went wrong
 REAP_BATCH = 100
 
 
@@ -49,15 +52,6 @@ class Lease:
         """The row, if (and only if) this lease still holds it."""
         return self.model.objects.filter(pk=self.row_id, state=self.model.State.RUNNING, lease_owner=self.owner,
                                          attempt=self.attempt)
-
-
-def is_row_id(value: object) -> bool:
-    """Whether a task message's argument can be a row's id at all (a UUID)."""
-    try:
-        uuid.UUID(str(value))
-        return True
-    except ValueError:
-        return False
 
 
 def new_lease_owner() -> str:
@@ -106,16 +100,22 @@ class LeasedWork:
         killed_message: what to tell people when the row's workers stopped responding ``attempts`` times (used by
             the default reaping; work that reaps its own way passes ``reap_one`` to ``reap_expired``).
         claimable: filters besides ``state=queued`` that a row must pass to be claimed (and so to need a message).
+        again: what people do to try again ("pressing Merge again"), named when deliveries that never reached the
+            claim fail the row.
+        notify: told about deliveries that failed before the claim (see DeliveryCap); optional.
     """
 
     def __init__(self, model: type[models.Model], task_name: str, what: str, enqueue: Callable[[Any], bool],
-                 killed_message: Callable[[int], str] | None = None, claimable: dict[str, Any] | None = None):
+                 killed_message: Callable[[int], str] | None = None, claimable: dict[str, Any] | None = None,
+                 again: str = "trying again", notify: Notify | None = None):
         self.model = model
         self.task_name = task_name
         self.what = what
         self.enqueue = enqueue
         self.killed_message = killed_message
         self.claimable = dict(claimable or {})
+        self.deliveries = DeliveryCap(model, what, again, fail=self._fail_unclaimed, claimable=self.claimable,
+                                      notify=notify)
 
     # -- the broker ------------------------------------------------------------------------------------------
 
@@ -156,7 +156,7 @@ class LeasedWork:
         """Queue ``row`` again from scratch: attempt 0, no lease, times, error or progress; ``cleared`` set too."""
         for name, value in cleared.items():
             setattr(row, name, value)
-        row.state, row.progress, row.attempt = self.model.State.QUEUED, 0.0, 0
+        row.state, row.progress, row.attempt, row.unclaimed_deliveries = self.model.State.QUEUED, 0.0, 0, 0
         row.error = row.error_message = row.lease_owner = ""
         row.started_at = row.finished_at = row.lease_expires_at = None
         row.save()
@@ -165,7 +165,8 @@ class LeasedWork:
 
     def claim(self, row_id: uuid.UUID | str, owner: str, **updates: Any) -> Lease | None:
         """Take a queued row in one conditional UPDATE: queued → running, attempt + 1, a lease for ``owner``,
-        ``started_at`` kept from a first attempt, the last error cleared, and ``updates`` set.
+        ``started_at`` kept from a first attempt, the last error and the unclaimed deliveries cleared, and
+        ``updates`` set.
 
         Returns:
             The lease, or None when the row is not claimable (another worker holds it, it ended, or it is gone).
@@ -174,7 +175,7 @@ class LeasedWork:
         claimed = self.model.objects.filter(pk=row_id, state=state.QUEUED, **self.claimable).update(
             state=state.RUNNING, attempt=F("attempt") + 1, lease_owner=owner, lease_expires_at=lease_expiry(),
             started_at=Coalesce(F("started_at"), Value(timezone.now(), output_field=DateTimeField())),
-            error="", error_message="", **updates,
+            error="", error_message="", unclaimed_deliveries=0, **updates,
         )
         if not claimed:
             return None
@@ -217,6 +218,9 @@ class LeasedWork:
                 return None
             self.end(row, self.model.State.FAILED, error=technical[-ERROR_TAIL_CHARS:], error_message=human)
         return row
+
+    def _fail_unclaimed(self, row: Any, technical: str, human: str) -> None:
+        self.end(row, self.model.State.FAILED, error=technical, error_message=human)
 
     # -- workers that died ---------------------------------------------------------------------------------
 

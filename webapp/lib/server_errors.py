@@ -3,7 +3,8 @@
 One such exception is not a bug and deserves a message: the disk filling up where no view can catch it, e.g.
 Django spooling a multipart upload to FILE_UPLOAD_TEMP_DIR while the CSRF check reads the body, before any view
 runs (the spooling handler has already removed its partial file). That answers 507 with the disk-full message:
-an OpenAI-shaped error under /v1 and /api, a page elsewhere. Anything else is Django's own 500.
+an OpenAI-shaped error under /v1 and /api, a page elsewhere. Anything else is Django's own 500. The same answer
+goes to a request whose body could not even be spooled (webapp.lib.asgi_body).
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ def server_error(request: HttpRequest) -> HttpResponse:
     exc = sys.exc_info()[1]
     if not is_disk_full(exc):
         return django_server_error(request)
+    return disk_full_response(request, exc)
+
+
+def disk_full_response(request: HttpRequest, exc: BaseException) -> HttpResponse:
+    """507 with the disk-full message for ``exc`` (a disk-full error): an OpenAI-shaped error under /v1 and
+    /api, a page elsewhere."""
     message = str(exc) if isinstance(exc, DiskFullError) else disk_full_message("what you sent")
     if request.path.startswith(API_PREFIXES):
         return api_error(message, 507, code="disk_full", error_type="server_error")

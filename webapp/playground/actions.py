@@ -18,6 +18,7 @@ from django.utils import timezone
 from lora_engine.playground import GenerationSettings
 from webapp.adapters.models import Adapter
 from webapp.basemodels.models import BaseModel
+from webapp.lib.delivery_cap import DeliveryCap
 from webapp.lib.leased_work import send_task_best_effort
 
 from . import events
@@ -132,7 +133,7 @@ def _update(session_id: Any, change: Callable[[PlaygroundSession], None]) -> Pla
 def start_session(session_id: Any) -> PlaygroundSession | None:
     """Claim a queued session for this worker (compare-and-set); None when it is not queued (a second delivery)."""
     claimed = PlaygroundSession.objects.filter(pk=session_id, state=PlaygroundSession.State.QUEUED).update(
-        state=PlaygroundSession.State.RUNNING, started_at=timezone.now())
+        state=PlaygroundSession.State.RUNNING, started_at=timezone.now(), unclaimed_deliveries=0)
     if not claimed:
         return None
     return _update(session_id, lambda s: None)
@@ -215,3 +216,15 @@ def _mark_failed(session: PlaygroundSession, technical: str, message: str) -> No
 def fail_session(session_id: Any, technical: str, message: str) -> PlaygroundSession:
     """End the session as failed; answers still pending or running are marked failed, finished ones are kept."""
     return _update(session_id, lambda session: _mark_failed(session, technical, message))
+
+
+def _fail_unstarted(session: PlaygroundSession, technical: str, message: str) -> None:
+    _mark_failed(session, technical, message)
+    session.save()
+    events.on_commit_emit(session)
+
+
+# Deliveries that fail before they start the session (see webapp.lib.delivery_cap): a running session whose worker
+# died is failed by reap_stalled_sessions instead.
+SESSION_DELIVERIES = DeliveryCap(PlaygroundSession, "playground session", "running the prompt again",
+                                 fail=_fail_unstarted)

@@ -44,6 +44,9 @@ class PlaygroundSession(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True, help_text="The worker's last write: a stalled session is reaped.")
+    unclaimed_deliveries = models.IntegerField(
+        default=0, help_text="Deliveries that have not (yet) started the session: a delivery is counted before it can "
+                             "fail, and starting resets the count (webapp.lib.delivery_cap).")
 
     objects = OwnedQuerySet.as_manager()
 

@@ -137,7 +137,9 @@ WHITENOISE_AUTOREFRESH = DEBUG
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.MemoryFileUploadHandler",
                         "webapp.lib.upload_handlers.CleanTemporaryFileUploadHandler"]
-FILE_UPLOAD_TEMP_DIR = DATA_DIR / "tmp"  # same filesystem as the data: uploads are moved into place, not copied
+# Same filesystem as the data: uploads are moved into place, not copied. The web server spools request bodies
+# here too, not in /tmp (webapp/lib/asgi_body.py).
+FILE_UPLOAD_TEMP_DIR = DATA_DIR / "tmp"
 FILE_UPLOAD_TEMP_DIR.mkdir(exist_ok=True)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024  # non-file request bodies (JSON API) are capped
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 20 * 1024**3)
