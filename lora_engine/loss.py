@@ -20,7 +20,13 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
-CHUNK_BYTES = 128 * 2**20  # fp32 logits per chunk: 1024 rows of a 32k vocabulary
+CHUNK_BYTES = 128 * 2**20  # fp32 logits per chunk at most: 1024 rows of a 32k vocabulary
+CHUNK_ROWS = 256
+"""Rows per chunk at most, whatever the vocabulary. A chunk's logits and their log-softmax are alive together:
+with a small vocabulary the byte cap alone let one chunk take every row (2 × 16 MiB for 4×256 tokens and a
+4096-token vocabulary, the largest transient of such a step). 256-row chunks ran as fast or faster on the CPU
+(1 thread, 988 rows: 64–69 ms against 93 ms at a 4096 vocabulary, equal at 32k; not measured on CUDA) with
+bit-identical gradients; only the reported loss sum is added up in another order."""
 
 
 @dataclass
@@ -72,8 +78,9 @@ def _compute_dtype(hidden: Tensor) -> torch.dtype:
     return hidden.dtype
 
 
-def _chunk_rows(vocab_size: int, n_rows: int) -> int:
-    return max(1, min(n_rows, CHUNK_BYTES // (4 * vocab_size)))
+def logits_chunk_rows(vocab_size: int, n_rows: int) -> int:
+    """Rows the loss turns into logits at once: at most :data:`CHUNK_ROWS` and :data:`CHUNK_BYTES` of fp32 logits."""
+    return max(1, min(n_rows, CHUNK_ROWS, CHUNK_BYTES // (4 * vocab_size)))
 
 
 class _FrozenLinearCrossEntropy(torch.autograd.Function):
@@ -87,7 +94,7 @@ class _FrozenLinearCrossEntropy(torch.autograd.Function):
         b = bias.to(compute_dtype) if bias is not None else None
         grad_hidden = torch.empty_like(hidden)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        step = _chunk_rows(weight.shape[0], hidden.shape[0])
+        step = logits_chunk_rows(weight.shape[0], hidden.shape[0])
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.shape[0], step):
                 h = hidden[start:start + step].to(compute_dtype)  # (k, C)
@@ -112,7 +119,7 @@ class _FrozenLinearCrossEntropy(torch.autograd.Function):
 def _no_grad_cross_entropy(hidden: Tensor, head: nn.Module, targets: Tensor) -> Tensor:
     compute_dtype = _compute_dtype(hidden)
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    step = _chunk_rows(head.weight.shape[0], hidden.shape[0])
+    step = logits_chunk_rows(head.weight.shape[0], hidden.shape[0])
     for start in range(0, hidden.shape[0], step):
         logits = head(hidden[start:start + step].to(compute_dtype)).float()  # (k, V)
         total += F.cross_entropy(logits, targets[start:start + step], reduction="sum")
@@ -125,7 +132,7 @@ def _checkpointed_cross_entropy(hidden: Tensor, head: nn.Module, targets: Tensor
     def chunk_loss(h: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(head(h).float(), y, reduction="sum")
 
-    step = _chunk_rows(head.weight.shape[0], hidden.shape[0])
+    step = logits_chunk_rows(head.weight.shape[0], hidden.shape[0])
     parts = [
         checkpoint(chunk_loss, hidden[start:start + step], targets[start:start + step], use_reentrant=False)
         for start in range(0, hidden.shape[0], step)

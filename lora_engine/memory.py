@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .config import LoraConfig, QuantConfig
-from .loss import CHUNK_BYTES
+from .loss import logits_chunk_rows
 
 _BASE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0}
 _NF4_BLOCK = 64
@@ -177,7 +177,7 @@ def _activation_bytes(shape: ModelShape, batch: int, seq: int, precision: str, c
         layers_bytes = tokens * (2 * shape.hidden * shape.layers + per_token_layer)
     else:
         layers_bytes = tokens * per_token_layer * shape.layers
-    logits_chunk = min(CHUNK_BYTES, tokens * shape.vocab_size * 4)
+    logits_chunk = logits_chunk_rows(shape.vocab_size, tokens) * shape.vocab_size * 4
     hidden_out = tokens * shape.hidden * 4 * 2  # final hidden states and their gradient
     return int(layers_bytes * scale + 2 * logits_chunk + hidden_out)
 

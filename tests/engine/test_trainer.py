@@ -200,6 +200,15 @@ def test_chunked_loss_equals_transformers_loss_and_gradients(arch, train_head, m
             torch.testing.assert_close(param.grad, expected[name], atol=1e-6, rtol=1e-4)
 
 
+def test_loss_chunks_are_capped_in_rows_and_in_bytes():
+    # a small vocabulary: the row cap, not one byte-sized chunk of every row (whose logits and log-softmax
+    # were the largest transient of a step)
+    assert loss_mod.logits_chunk_rows(4096, 1020) == loss_mod.CHUNK_ROWS
+    # a large vocabulary: the byte cap
+    assert loss_mod.logits_chunk_rows(262_144, 1020) == loss_mod.CHUNK_BYTES // (4 * 262_144) < loss_mod.CHUNK_ROWS
+    assert loss_mod.logits_chunk_rows(4096, 7) == 7
+
+
 def test_schedule_warms_up_then_decays():
     cosine = LRSchedule(1.0, total_steps=10, warmup_steps=2, kind="cosine")
     assert [cosine.get_lr(s) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
