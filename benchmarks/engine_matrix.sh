@@ -29,8 +29,8 @@ run() {  # run NAME ARGS...: one bench setting, its JSON report kept in $OUT/NAM
 run 01-fp32-lora-r8-qv --steps "$STEPS" --warmup 2 --repeats "$REPEATS"
 run 02-fp32-nf4-r8-qv --steps "$STEPS" --warmup 2 --quant nf4 --repeats "$REPEATS"
 run 03-fp32-lora-r64-all --steps "$STEPS" --warmup 2 --rank 64 --targets all-linear --repeats "$REPEATS"
-run 04-bf16-lora-r8-qv --steps "$SMALL_STEPS" --warmup 2 --batch-size 2 --precision bf16
-run 05-bf16-nf4-r8-qv --steps "$SMALL_STEPS" --warmup 2 --batch-size 2 --precision bf16 --quant nf4
+run 04-bf16-lora-r8-qv --steps "$SMALL_STEPS" --warmup 2 --batch-size 2 --precision bf16 --repeats "$REPEATS"
+run 05-bf16-nf4-r8-qv --steps "$SMALL_STEPS" --warmup 2 --batch-size 2 --precision bf16 --quant nf4 --repeats "$REPEATS"
 run 06-mfu-30m-fp32 --steps "$SMALL_STEPS" --warmup 2 --hidden-size 512 --layers 8 --repeats "$REPEATS"
 
 {
@@ -38,7 +38,7 @@ run 06-mfu-30m-fp32 --steps "$SMALL_STEPS" --warmup 2 --hidden-size 512 --layers
   echo
   cat "$OUT/machine.md"
   echo "Rows ran one after another from then on: device $DEVICE, $THREADS torch thread(s) per side (0: torch's" \
-       "default), $STEPS steps ($SMALL_STEPS for bf16 and the d=512 model), rows 01, 02, 03 and 06 alternating the sides $REPEATS times and keeping the fastest."
+       "default), $STEPS steps ($SMALL_STEPS for bf16 and the d=512 model), every row alternating the sides $REPEATS times and keeping the fastest."
   echo
   "$PYTHON" -m lora_engine.bench_report "$OUT"/*.json
 } >"$OUT/engine.md"
