@@ -11,7 +11,8 @@ read as :class:`~webapp.lib.asgi_body.DataDirASGIHandler` reads them (spooled on
 
 A streamed response (a download) is iterated in the thread that ran its view, since its iterator may hold
 that thread's database cursor; each chunk is sent through the loop and waited for, so a slow client slows the
-iteration rather than filling memory, and a client that goes away stops it.
+iteration rather than filling memory, and a client that goes away stops it. (Only then does the handler
+listen for a disconnect: a sync view cannot be interrupted, and a finished answer is sent in one go.)
 """
 
 from __future__ import annotations
@@ -50,24 +51,13 @@ class OneHopASGIHandler(DataDirASGIHandler):
             body_file = await self.read_body(receive)
         except RequestAborted:
             return
-        gone = threading.Event()
-        watcher = asyncio.create_task(self._watch_disconnect(receive, gone))
         loop = asyncio.get_running_loop()
-        try:
-            response = await loop.run_in_executor(self._threads, self._respond, scope, body_file, send, loop, gone)
-            if response is not None:  # not streamed by the thread: closed already, sent from here
-                await self.send_response(response, send)
-        finally:
-            watcher.cancel()
+        response = await loop.run_in_executor(self._threads, self._respond, scope, body_file, receive, send, loop)
+        if response is not None:  # not streamed by the thread: closed already, sent from here
+            await self.send_response(response, send)
 
-    @staticmethod
-    async def _watch_disconnect(receive, gone: threading.Event) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        gone.set()
-
-    def _respond(self, scope: dict[str, Any], body_file, send, loop: asyncio.AbstractEventLoop,
-                 gone: threading.Event) -> HttpResponseBase | None:
+    def _respond(self, scope: dict[str, Any], body_file, receive, send,
+                 loop: asyncio.AbstractEventLoop) -> HttpResponseBase | None:
         """In a pool thread: the response, closed (request_finished sent); or None when it was streamed here."""
         try:
             set_script_prefix(get_script_prefix(scope))
@@ -82,27 +72,37 @@ class OneHopASGIHandler(DataDirASGIHandler):
                 if response.is_async:
                     asyncio.run_coroutine_threadsafe(self.send_response(response, send), loop).result()
                 else:
-                    self._stream(response, send, loop, gone)
+                    self._stream(response, receive, send, loop)
                 return None
             finally:
                 response.close()  # on the view's thread: request_finished hands its database connection back
         finally:
             body_file.close()
 
-    def _stream(self, response: HttpResponseBase, send, loop: asyncio.AbstractEventLoop,
-                gone: threading.Event) -> None:
+    def _stream(self, response: HttpResponseBase, receive, send, loop: asyncio.AbstractEventLoop) -> None:
         """Send a sync streamed response from this thread, a chunk at a time; stop if the client went away."""
+        gone = threading.Event()
+        watcher = asyncio.run_coroutine_threadsafe(_watch_disconnect(receive, gone), loop)
 
         def send_now(message: dict[str, Any]) -> None:
             asyncio.run_coroutine_threadsafe(send(message), loop).result()
 
-        send_now(_start_message(response))
-        for part in response.streaming_content:
-            if gone.is_set():
-                return
-            for chunk, _ in self.chunk_bytes(part):
-                send_now({"type": "http.response.body", "body": chunk, "more_body": True})
-        send_now({"type": "http.response.body"})
+        try:
+            send_now(_start_message(response))
+            for part in response.streaming_content:
+                if gone.is_set():
+                    return
+                for chunk, _ in self.chunk_bytes(part):
+                    send_now({"type": "http.response.body", "body": chunk, "more_body": True})
+            send_now({"type": "http.response.body"})
+        finally:
+            watcher.cancel()
+
+
+async def _watch_disconnect(receive, gone: threading.Event) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
 
 
 def _start_message(response: HttpResponseBase) -> dict[str, Any]:
