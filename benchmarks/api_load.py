@@ -235,7 +235,11 @@ def summarize(r: dict, args: argparse.Namespace) -> tuple[list[str], str]:
         f"{r['sizes']['metrics cold ms']:.0f} ms; later requests for the same history are served from the "
         f"per-process cache keyed by the job's last_seq (`webapp/jobs/metrics_query.py`; one read per history "
         f"per process, concurrent requests for it wait for that read). The first jobs-list "
-        f"request took {r['sizes']['jobs list cold ms']:.0f} ms.",
+        f"request took {r['sizes']['jobs list cold ms']:.0f} ms. Both answers are then kept encoded by each "
+        f"process and sent again only after one query per request finds the rows they were made from unchanged "
+        f"(PostgreSQL xmin; `webapp/lib/kept_answers.py`): the data here does not change during the runs, so "
+        f"these figures are the unchanged-page case. Django's sync middleware and views run in one thread hop "
+        f"per request (`webapp/lib/asgi_handler.py`).",
     ])
     return lines, body
 

@@ -7,10 +7,11 @@ import django
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings.local")
 django.setup(set_prefix=False)  # what django.core.asgi.get_asgi_application does, for our handler
 
-from webapp.lib.asgi_body import DataDirASGIHandler  # noqa: E402
+from webapp.lib.asgi_handler import OneHopASGIHandler  # noqa: E402
 
-# Django's handler, with request bodies spooled under FILE_UPLOAD_TEMP_DIR instead of /tmp (webapp/lib/asgi_body.py).
-django_asgi_app = DataDirASGIHandler()
+# Django's handler with each request's sync work in one thread hop (webapp/lib/asgi_handler.py), and request
+# bodies spooled under FILE_UPLOAD_TEMP_DIR instead of /tmp (webapp/lib/asgi_body.py).
+django_asgi_app = OneHopASGIHandler()
 
 from django.urls import get_resolver  # noqa: E402
 

@@ -26,7 +26,7 @@ from webapp.lib.owned import get_owned_or_404
 
 from . import events
 from .estimates import EstimateError, estimate_for
-from .metrics_query import DrawnHistory, drawn_history
+from .metrics_query import DrawnHistory, drawn_answers, drawn_history, job_version
 from .models import Job, MetricPoint
 
 DEFAULT_LIMIT = 5_000
@@ -84,7 +84,9 @@ def _job_for(request: HttpRequest, job_id) -> Job:
 @json_api
 def job_metrics(request: HttpRequest, job_id) -> JsonResponse:
     """Stored points after a cursor: a page of them, or (``max_points``) all of them thinned for drawing."""
-    job = _job_for(request, job_id)
+    version = job_version(request.user, job_id)  # read before the answer is made (webapp/lib/kept_answers.py)
+    if version == ():
+        raise Http404("Not found")
     after_seq = int_param(request, "after_seq")
     after_step = int_param(request, "after_step")
     if after_seq is not None and after_step is not None:
@@ -94,7 +96,12 @@ def job_metrics(request: HttpRequest, job_id) -> JsonResponse:
     split = request.GET.get("split") or None
     if split not in (None, "train", "eval"):
         raise BadParameterError(f"split must be train or eval (got {split!r})", "split")
+    answer_key = (job_id, request.user.pk, request.user.is_staff, after_seq, after_step, split, max_points)
+    kept = drawn_answers.get(answer_key, version) if max_points is not None and version is not None else None
+    if kept is not None:
+        return HttpResponse(kept, content_type="application/json")
 
+    job = _job_for(request, job_id)
     rows = MetricPoint.objects.filter(job=job).order_by("seq")
     if after_seq is not None:
         rows = rows.filter(seq__gt=after_seq)
@@ -118,12 +125,15 @@ def job_metrics(request: HttpRequest, job_id) -> JsonResponse:
     # The highest seq this answer covers (computed from the rows read, never from a second query that
     # could see newer commits): every point up to it is either here or was thinned out on purpose.
     last_seq = history.highest_seq if history.highest_seq is not None else (after_seq or 0)
-    return _json_with_encoded(
+    response = _json_with_encoded(
         {"object": "list", "job_id": str(job.id)},
         "points", history.points_json,
         {"last_seq": last_seq, "has_more": has_more, "downsampled": history.drawn < history.total,
          "total_points": history.total, "state": events.job_state(job)},
     )
+    if max_points is not None and version is not None:
+        drawn_answers.put(answer_key, version, response.content)
+    return response
 
 
 def _json_with_encoded(before: dict[str, Any], key: str, encoded: bytes, after: dict[str, Any]) -> HttpResponse:

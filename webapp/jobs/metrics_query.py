@@ -11,6 +11,11 @@ fifteen values each was about half of a cached request's CPU, and every request 
 same bytes. One request per process reads a given history; the others asking for it meanwhile wait for its
 answer (:func:`drawn_history`): fifty clients opening a job at once used to make fifty full reads of 100,000
 points, competing for the same two cores, and every one of them took seconds.
+
+The whole answer of ``max_points`` (the drawn points with the job's state) is also kept, in
+:data:`drawn_answers`, with the version of the job's row (:mod:`webapp.lib.kept_answers`): the row changes
+whenever the job's state or its ``last_seq`` does, so while it has not, the answer is the same bytes, and a
+request costs one small query instead of reading the job through the ORM.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ from django.db import connections
 from django.db.models import QuerySet
 from django.db.models.expressions import RawSQL
 
+from webapp.lib.kept_answers import KeptAnswers, read_versions, versions_supported
+
 from .downsample import EVAL_KEYS, TRAIN_KEYS, downsample_by_split
+from .models import Job
 
 WATCHED_KEYS = tuple(dict.fromkeys(TRAIN_KEYS + EVAL_KEYS))
 FIELDS = ("seq", "step", "split", "values")
@@ -44,9 +52,23 @@ class DrawnHistory:
     highest_seq: int | None  # the highest seq read (None when there are none)
 
 
+drawn_answers = KeptAnswers(CACHE_ENTRIES)
+"""Whole ``max_points`` answers, by (job id, user, the request's parameters), valid for a version of the job row."""
+
 _cache: OrderedDict[tuple, DrawnHistory] = OrderedDict()
 _cache_lock = threading.Lock()
 _reading: dict[tuple, threading.Lock] = {}  # cache key -> held by the one request reading that history
+
+
+def job_version(user: Any, job_id: Any) -> tuple | None:
+    """The version of job ``job_id`` if ``user`` may see it (staff see every job, as ``Job.objects.visible_to``
+    says); ``()`` when not; None when answers cannot be checked by row versions here."""
+    if not versions_supported():
+        return None
+    if user.is_staff:
+        return read_versions(f"SELECT xmin::text FROM {Job._meta.db_table} WHERE id = %s", [job_id])
+    return read_versions(f"SELECT xmin::text FROM {Job._meta.db_table} WHERE id = %s AND owner_id = %s",
+                         [job_id, user.pk])
 
 
 def _number_sql(key: str) -> RawSQL:

@@ -1,8 +1,8 @@
 """At most ``slots`` GET/HEAD requests of one web process inside Django at once; the rest wait their turn in
 the event loop.
 
-Django runs a sync view (with the sync middleware) in a thread of its own per request. Fifty clients asking at
-once meant fifty threads per process taking turns on one GIL and queueing for the few pooled database
+Django runs a sync view (with the sync middleware) in a thread per request (webapp/lib/asgi_handler.py). Fifty
+clients asking at once meant fifty threads per process taking turns on one GIL and queueing for the few pooled database
 connections, so every request's latency grew with the crowd and throughput fell below one client's
 (docs/BENCHMARKS.md, api-load). Waiting in the event loop costs nothing, and the requests let in finish
 sooner. A slot is freed as soon as the response's headers go out, so a streamed download does not hold it;

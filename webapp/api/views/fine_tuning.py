@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from webapp.jobs.actions import JobRejected, cancel_job, create_job
 from webapp.jobs.models import Job
@@ -10,6 +10,7 @@ from webapp.jobs.models import Job
 from ..errors import ApiError, api_endpoint, not_found, parse_json_body
 from ..ids import JOB_PREFIX, parse_checkpoint_id, parse_uuid
 from ..job_events import events_page
+from ..job_pages import jobs_page_response
 from ..job_request import api_param, parse_job_request
 from ..pagination import after_anchor, list_object, ordered, parse_limit, take_page
 from ..serializers.fine_tuning import checkpoint_json, job_json
@@ -28,15 +29,18 @@ def owned_job(request: HttpRequest, identifier: str, param: str | None = None) -
 
 
 @api_endpoint("GET", "POST")
-def jobs(request: HttpRequest) -> JsonResponse:
+def jobs(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         return _create(request)
-    queryset = _jobs(request)
     after = request.GET.get("after")
-    if after:
-        queryset = after_anchor(queryset, owned_job(request, after, param="after"))
-    items, has_more = take_page(ordered(queryset), parse_limit(request, default=20, maximum=100))
-    return JsonResponse(list_object(items, has_more, job_json))
+    anchor = owned_job(request, after, param="after") if after else None
+    limit = parse_limit(request, default=20, maximum=100)
+
+    def build() -> dict:
+        queryset = _jobs(request) if anchor is None else after_anchor(_jobs(request), anchor)
+        return list_object(*take_page(ordered(queryset), limit), job_json)
+
+    return jobs_page_response(request.user, anchor, limit, build)
 
 
 def _create(request: HttpRequest) -> JsonResponse:

@@ -1,0 +1,115 @@
+"""Django's HTTP handling for the ASGI server with one thread hop per request instead of five.
+
+Django's own ASGI handler runs sync middleware and sync views (all of ours) by hopping between the event loop
+and a thread made for each request: the request_started signal, the middleware chain, back to the loop to
+resolve the view, the view, and the response's close each cross over, and the thread is started and joined
+for every request. On the API's hot GETs that was about 2 ms of CPU per request, more than the views' own
+work (docs/BENCHMARKS.md, api-load). Here the loop reads the body, then one call in a long-lived thread pool
+does what Django's WSGI handler does (signals, middleware, view, close) and hands the finished response back
+for the loop to send. Middleware is loaded in sync mode, as under WSGI, so it needs no adapting. Bodies are
+read as :class:`~webapp.lib.asgi_body.DataDirASGIHandler` reads them (spooled on the data disk).
+
+A streamed response (a download) is iterated in the thread that ran its view, since its iterator may hold
+that thread's database cursor; each chunk is sent through the loop and waited for, so a slow client slows the
+iteration rather than filling memory, and a client that goes away stops it. (Only then does the handler
+listen for a disconnect: a sync view cannot be interrupted, and a finished answer is sent in one go.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers import base
+from django.core.handlers.asgi import get_script_prefix
+from django.http import HttpResponseBase
+from django.urls import set_script_prefix
+
+from .asgi_body import DataDirASGIHandler
+
+REQUEST_THREADS = 64
+"""Requests of one process inside Django at once. GETs are fewer (WEB_REQUEST_SLOTS); the rest of the threads
+are for writes and for downloads, which keep their thread while they stream."""
+
+
+class OneHopASGIHandler(DataDirASGIHandler):
+    """An ASGI application for Django's HTTP requests (``django.setup()`` first)."""
+
+    def __init__(self, threads: int = REQUEST_THREADS):
+        base.BaseHandler.__init__(self)
+        self.load_middleware(is_async=False)
+        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="django-request")
+
+    async def __call__(self, scope: dict[str, Any], receive, send) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        loop = asyncio.get_running_loop()
+        response = await loop.run_in_executor(self._threads, self._respond, scope, body_file, receive, send, loop)
+        if response is not None:  # not streamed by the thread: closed already, sent from here
+            await self.send_response(response, send)
+
+    def _respond(self, scope: dict[str, Any], body_file, receive, send,
+                 loop: asyncio.AbstractEventLoop) -> HttpResponseBase | None:
+        """In a pool thread: the response, closed (request_finished sent); or None when it was streamed here."""
+        try:
+            set_script_prefix(get_script_prefix(scope))
+            signals.request_started.send(sender=self.__class__, scope=scope)
+            request, response = self.create_request(scope, body_file)
+            if request is not None:
+                response = self.get_response(request)
+            response._handler_class = self.__class__
+            try:
+                if not response.streaming:
+                    return response
+                if response.is_async:
+                    asyncio.run_coroutine_threadsafe(self.send_response(response, send), loop).result()
+                else:
+                    self._stream(response, receive, send, loop)
+                return None
+            finally:
+                response.close()  # on the view's thread: request_finished hands its database connection back
+        finally:
+            body_file.close()
+
+    def _stream(self, response: HttpResponseBase, receive, send, loop: asyncio.AbstractEventLoop) -> None:
+        """Send a sync streamed response from this thread, a chunk at a time; stop if the client went away."""
+        gone = threading.Event()
+        watcher = asyncio.run_coroutine_threadsafe(_watch_disconnect(receive, gone), loop)
+
+        def send_now(message: dict[str, Any]) -> None:
+            asyncio.run_coroutine_threadsafe(send(message), loop).result()
+
+        try:
+            send_now(_start_message(response))
+            for part in response.streaming_content:
+                if gone.is_set():
+                    return
+                for chunk, _ in self.chunk_bytes(part):
+                    send_now({"type": "http.response.body", "body": chunk, "more_body": True})
+            send_now({"type": "http.response.body"})
+        finally:
+            watcher.cancel()
+
+
+async def _watch_disconnect(receive, gone: threading.Event) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
+
+
+def _start_message(response: HttpResponseBase) -> dict[str, Any]:
+    """The ``http.response.start`` message of ``response`` (what Django's ASGIHandler.send_response sends)."""
+    headers = [(header.encode("ascii") if isinstance(header, str) else bytes(header),
+                value.encode("latin1") if isinstance(value, str) else bytes(value))
+               for header, value in response.items()]
+    headers += [(b"Set-Cookie", cookie.output(header="").encode("ascii").strip())
+                for cookie in response.cookies.values()]
+    return {"type": "http.response.start", "status": response.status_code, "headers": headers}
