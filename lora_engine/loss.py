@@ -25,8 +25,10 @@ CHUNK_ROWS = 256
 """Rows per chunk at most, whatever the vocabulary. A chunk's logits and their log-softmax are alive together:
 with a small vocabulary the byte cap alone let one chunk take every row (2 × 16 MiB for 4×256 tokens and a
 4096-token vocabulary, the largest transient of such a step). 256-row chunks ran as fast or faster on the CPU
-(1 thread, 988 rows: 64–69 ms against 93 ms at a 4096 vocabulary, equal at 32k; not measured on CUDA) with
-bit-identical gradients; only the reported loss sum is added up in another order."""
+(1 thread, 988 rows: 64–69 ms against 93 ms at a 4096 vocabulary, equal at 32k; not measured on CUDA, where
+a 256-row chunk of a 32k vocabulary is still ~4 GFLOP per matmul) with bit-identical gradients for the frozen head
+(a trained head's weight gradient is summed over more chunks, so in another order); only the reported loss sum
+is added up in another order."""
 
 
 @dataclass

@@ -191,6 +191,8 @@
 
   function updateState(job) {
     if (!job) return;
+    // an answer read before a push that ended the job may arrive after it: an ended job never runs again
+    if (TERMINAL.includes(state) && !TERMINAL.includes(job.state)) return;
     const badge = $('[data-testid="job-state"]');
     badge.textContent = job.state.charAt(0).toUpperCase() + job.state.slice(1);
     badge.className = "state state-" + job.state;

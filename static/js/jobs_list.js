@@ -5,6 +5,7 @@
 "use strict";
 (function () {
   const TERMINAL = ["succeeded", "failed", "cancelled"];
+  const QUEUED_QUIET_MS = 30000;
   const compare = document.getElementById("compare-selected");
   const checks = () => [...document.querySelectorAll(".compare-check:checked")].map((c) => c.value);
   document.addEventListener("change", (e) => {
@@ -36,8 +37,10 @@
   function update(job) {
     const row = job && job.state ? document.querySelector(`tr[data-job-id="${job.id}"]`) : null;
     if (!row) return;
-    if (TERMINAL.includes(job.state)) quiet.forget(job.id);
-    else quiet.watch(job.id);
+    // an answer read before a push that ended the job may arrive after it: an ended job never runs again
+    if (TERMINAL.includes(row.dataset.state) && !TERMINAL.includes(job.state)) return;
+    row.dataset.state = job.state;
+    watch(job.id, job.state);
     const badge = row.querySelector('[data-field="state"]');
     badge.textContent = job.state.charAt(0).toUpperCase() + job.state.slice(1);
     badge.className = "state state-" + job.state;
@@ -63,9 +66,13 @@
       setTimeout(connect, Studio.reconnectDelay(retries));
     };
   }
-  for (const row of table.querySelectorAll("tr[data-job-id]")) {
-    if (!TERMINAL.includes(row.dataset.state)) quiet.watch(row.dataset.jobId);
+  // A running job pushes every step, so 5 s of silence means lost pushes; a queued one is silent until a
+  // worker takes it (a sweep of fifty waiting for one GPU would otherwise be fifty reads every 5 s per tab).
+  function watch(jobId, state) {
+    if (TERMINAL.includes(state)) quiet.forget(jobId);
+    else quiet.watch(jobId, state === "queued" ? QUEUED_QUIET_MS : undefined);
   }
+  for (const row of table.querySelectorAll("tr[data-job-id]")) watch(row.dataset.jobId, row.dataset.state);
   connect();
   // What tests (and the curious) can read: how many times the live socket has opened.
   window.LoraStudioJobs = { get connections() { return connections; } };

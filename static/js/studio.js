@@ -46,23 +46,28 @@ window.Studio = (function () {
   }
   // Live pushes lost while Redis was down leave a page stale when nothing follows them (a job that ended
   // meanwhile sends nothing more). A page watches the things it shows live: each push about one counts as
-  // news (heard), and one silent for quietMs is handed to check(key), which reads it from the database;
-  // then its quiet clock starts again. Things that cannot change any more are forgotten.
+  // news (heard), and one silent for its quiet period (quietMs unless watch() gave another) is handed to
+  // check(key), which reads it from the database (a promise: one check per key at a time); then its quiet
+  // clock starts again. Things that cannot change any more are forgotten.
   const QUIET_MS = 5000;
   function quietWatch(check, quietMs = QUIET_MS) {
-    const lastNews = new Map();
+    const watched = new Map();  // key -> {at, period, busy}
     setInterval(() => {
       const now = Date.now();
-      for (const [key, at] of lastNews) {
-        if (now - at < quietMs) continue;
-        lastNews.set(key, now);
-        check(key);
+      for (const [key, w] of watched) {
+        if (w.busy || now - w.at < w.period) continue;
+        w.at = now;
+        w.busy = true;
+        Promise.resolve(check(key)).finally(() => { w.busy = false; });
       }
     }, 1000);
     return {
-      watch(key) { lastNews.set(key, Date.now()); },
-      heard(key) { if (lastNews.has(key)) lastNews.set(key, Date.now()); },
-      forget(key) { lastNews.delete(key); },
+      watch(key, period = quietMs) {
+        const w = watched.get(key);
+        if (w) { w.at = Date.now(); w.period = period; } else watched.set(key, { at: Date.now(), period, busy: false });
+      },
+      heard(key) { const w = watched.get(key); if (w) w.at = Date.now(); },
+      forget(key) { watched.delete(key); },
     };
   }
   return { cookie, api, formatBytes, formatDuration, wsUrl, reconnectDelay, quietWatch };

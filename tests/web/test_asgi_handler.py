@@ -1,5 +1,6 @@
 """Django's requests through the web server's ASGI handler (webapp/lib/asgi_handler.py): one thread per request's
-sync work, the same answers as Django's own handler, streamed downloads sent from the view's thread.
+sync work, the same answers as Django's own handler, streamed downloads sent from the view's thread, files sent
+from the loop.
 
 The views run in the handler's threads, on their own database connections, so these tests commit.
 """
@@ -7,20 +8,44 @@ The views run in the handler's threads, on their own database connections, so th
 from __future__ import annotations
 
 import asyncio
+import io
+import os
 import threading
 
 import pytest
 from django.core import signals
+from django.http import FileResponse
+from django.test import override_settings
+from django.urls import path
 
-from webapp.lib.asgi_handler import OneHopASGIHandler
+from webapp.lib.asgi_handler import FILE_BLOCK, OneHopASGIHandler
+from webapp.urls import urlpatterns as product_urls
 
 from .jobs_factories import add_points, make_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+PAYLOAD = os.urandom(3 * FILE_BLOCK + 5)
+reads: list[int] = []  # the sizes the file download below read
 
-def scope_for(path: str, query: str = "", headers: dict[str, str] | None = None) -> dict:
-    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+
+class CountedFile(io.BytesIO):
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        reads.append(len(data))
+        return data
+
+
+def file_download(request):
+    return FileResponse(CountedFile(PAYLOAD), content_type="application/octet-stream")
+
+
+urlpatterns = [path("api/test-file", file_download), *product_urls]
+with_file_route = override_settings(ROOT_URLCONF=__name__)
+
+
+def scope_for(path: str, query: str = "", headers: dict[str, str] | None = None, method: str = "GET") -> dict:
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
             "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
             "headers": [(b"host", b"testserver")] + [(k.lower().encode(), v.encode()) for k, v in
                                                      (headers or {}).items()],
@@ -101,3 +126,51 @@ def test_a_download_streams_from_the_view_thread_and_stops_when_the_client_leave
 
     cut = asyncio.run(call(OneHopASGIHandler(), scope, leave_after_body_messages=2))
     assert 2 <= sum(m["type"] == "http.response.body" for m in cut) < len(whole) - 1
+
+
+@with_file_route
+def test_a_file_is_sent_from_the_loop_in_big_blocks_and_not_read_for_head(owner_key):
+    auth = {"Authorization": f"Bearer {owner_key}"}
+    reads.clear()
+    messages = asyncio.run(call(OneHopASGIHandler(), scope_for("/api/test-file", headers=auth)))
+    assert messages[0]["status"] == 200 and body_of(messages) == PAYLOAD
+    assert max(reads) == FILE_BLOCK  # not Django's 4 KiB: a 1 GB download is a thousand hand-offs, not 250,000
+
+    reads.clear()
+    head = asyncio.run(call(OneHopASGIHandler(), scope_for("/api/test-file", headers=auth, method="HEAD")))
+    assert head[0]["status"] == 200 and body_of(head) == b"" and reads == []
+
+
+@with_file_route
+def test_a_slow_download_holds_no_thread(owner_key):
+    """With one request thread, a download whose client reads nothing leaves the thread free for the next request
+    (a streamed answer sent from its view's thread would hold it until the client read the whole file)."""
+    auth = {"Authorization": f"Bearer {owner_key}"}
+
+    async def scenario() -> list[dict]:
+        app = OneHopASGIHandler(threads=1)
+        stalled, release = asyncio.Event(), asyncio.Event()
+        requested = False
+
+        async def receive() -> dict:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await release.wait()
+            return {"type": "http.disconnect"}
+
+        async def slow_send(message: dict) -> None:
+            if message.get("body"):
+                stalled.set()
+                await release.wait()
+
+        download = asyncio.create_task(app(scope_for("/api/test-file", headers=auth), receive, slow_send))
+        await asyncio.wait_for(stalled.wait(), 30)
+        try:
+            return await asyncio.wait_for(call(app, scope_for("/v1/fine_tuning/jobs", "", auth)), 30)
+        finally:
+            release.set()
+            await asyncio.wait_for(download, 30)
+
+    assert asyncio.run(scenario())[0]["status"] == 200

@@ -113,8 +113,10 @@ def test_the_jobs_list_updates_progress_and_links_to_compare(transactional_db, o
 @pytest.mark.stack
 def test_the_jobs_list_reads_a_silent_job_from_the_database(transactional_db, owner, page, tmp_path):
     """A job ends and its push is lost (Redis was down): nothing follows it on the socket, so the row of a job
-    not yet ended that hears nothing for Studio's QUIET_MS (5 s) is read from the database. Ended jobs are not."""
+    not yet ended that hears nothing for Studio's QUIET_MS (5 s) is read from the database. Ended jobs are not;
+    queued ones, silent until a worker takes them, only every 30 s (QUEUED_QUIET_MS)."""
     silent, ended = make_job(owner, suffix="lost-push"), make_job(owner, suffix="done", state="succeeded")
+    waiting = make_job(owner, suffix="waiting", state="queued")
     server, base_url = start_asgi_server(tmp_path)
     asked: list[str] = []
     try:
@@ -135,6 +137,7 @@ def test_the_jobs_list_reads_a_silent_job_from_the_database(transactional_db, ow
         checks = len(asked)
         time.sleep(6)  # longer than QUIET_MS: an ended job is not asked about again
         assert len(asked) == checks and not [url for url in asked if str(ended.id) in url], asked
+        assert not [url for url in asked if str(waiting.id) in url], asked  # the page is not 30 s old yet
     finally:
         server.stop()
 

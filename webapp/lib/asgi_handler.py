@@ -9,10 +9,14 @@ does what Django's WSGI handler does (signals, middleware, view, close) and hand
 for the loop to send. Middleware is loaded in sync mode, as under WSGI, so it needs no adapting. Bodies are
 read as :class:`~webapp.lib.asgi_body.DataDirASGIHandler` reads them (spooled on the data disk).
 
-A streamed response (a download) is iterated in the thread that ran its view, since its iterator may hold
-that thread's database cursor; each chunk is sent through the loop and waited for, so a slow client slows the
-iteration rather than filling memory, and a client that goes away stops it. (Only then does the handler
-listen for a disconnect: a sync view cannot be interrupted, and a finished answer is sent in one go.)
+Streamed answers come in two kinds. A file (``FileResponse``, a ranged download, a static file) needs no
+database: its thread hands its connection back and the loop sends the file, reading each block in the pool,
+so no thread waits on a slow client (a hundred slow downloads hold no thread and no connection). Any other
+stream (the metrics CSV/JSONL) may hold its thread's database cursor, so it is iterated in the thread that ran
+its view, gathered into ``chunk_size`` pieces, each sent through the loop and waited for: a slow client slows
+the iteration rather than filling memory. Either stops when the client goes away (only then does the handler
+listen for a disconnect: a sync view cannot be interrupted, and a finished answer is sent in one go), and a
+HEAD request gets the headers without its body being read.
 """
 
 from __future__ import annotations
@@ -26,14 +30,19 @@ from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers import base
 from django.core.handlers.asgi import get_script_prefix
-from django.http import HttpResponseBase
+from django.db import close_old_connections
+from django.http import FileResponse, HttpResponseBase
 from django.urls import set_script_prefix
 
 from .asgi_body import DataDirASGIHandler
+from .downloads import RangeResponse
+
+FILE_BLOCK = 1024 * 1024
+"""Bytes read from a file per block of a file download (Django's FileResponse reads 4 KiB at a time)."""
 
 REQUEST_THREADS = 64
 """Requests of one process inside Django at once. GETs are fewer (WEB_REQUEST_SLOTS); the rest of the threads
-are for writes and for downloads, which keep their thread while they stream."""
+are for writes and for the metrics downloads, which keep their thread while they stream."""
 
 
 class OneHopASGIHandler(DataDirASGIHandler):
@@ -53,12 +62,17 @@ class OneHopASGIHandler(DataDirASGIHandler):
             return
         loop = asyncio.get_running_loop()
         response = await loop.run_in_executor(self._threads, self._respond, scope, body_file, receive, send, loop)
-        if response is not None:  # not streamed by the thread: closed already, sent from here
+        if response is None:  # streamed by the thread
+            return
+        if response.streaming:  # a file
+            await self._send_file(response, scope, receive, send, loop)
+        else:  # closed already
             await self.send_response(response, send)
 
     def _respond(self, scope: dict[str, Any], body_file, receive, send,
                  loop: asyncio.AbstractEventLoop) -> HttpResponseBase | None:
-        """In a pool thread: the response, closed (request_finished sent); or None when it was streamed here."""
+        """In a pool thread: the response, closed (request_finished sent); a file download, open, for the loop to
+        send (:meth:`_send_file`); or None when it was streamed here."""
         try:
             set_script_prefix(get_script_prefix(scope))
             signals.request_started.send(sender=self.__class__, scope=scope)
@@ -66,21 +80,50 @@ class OneHopASGIHandler(DataDirASGIHandler):
             if request is not None:
                 response = self.get_response(request)
             response._handler_class = self.__class__
+            handed_over = False
             try:
                 if not response.streaming:
+                    return response
+                if isinstance(response, (FileResponse, RangeResponse)):
+                    if isinstance(response, FileResponse):
+                        response.block_size = FILE_BLOCK
+                    close_old_connections()  # what request_finished will do, now: the file needs no database
+                    handed_over = True
                     return response
                 if response.is_async:
                     asyncio.run_coroutine_threadsafe(self.send_response(response, send), loop).result()
                 else:
-                    self._stream(response, receive, send, loop)
+                    self._stream(response, scope, receive, send, loop)
                 return None
             finally:
-                response.close()  # on the view's thread: request_finished hands its database connection back
+                if not handed_over:
+                    response.close()  # on the view's thread: request_finished hands its database connection back
         finally:
             body_file.close()
 
-    def _stream(self, response: HttpResponseBase, receive, send, loop: asyncio.AbstractEventLoop) -> None:
-        """Send a sync streamed response from this thread, a chunk at a time; stop if the client went away."""
+    async def _send_file(self, response: HttpResponseBase, scope: dict[str, Any], receive, send,
+                         loop: asyncio.AbstractEventLoop) -> None:
+        """Send a file download from the loop, each block read in the pool; then close it (in the pool too)."""
+        gone = asyncio.Event()
+        watcher = asyncio.create_task(_watch_disconnect(receive, gone))
+        try:
+            await send(_start_message(response))
+            if scope["method"] != "HEAD":
+                blocks = iter(response.streaming_content)
+                while not gone.is_set():
+                    block = await loop.run_in_executor(self._threads, next, blocks, None)
+                    if block is None:
+                        break
+                    await send({"type": "http.response.body", "body": block, "more_body": True})
+            await send({"type": "http.response.body"})
+        finally:
+            watcher.cancel()
+            await loop.run_in_executor(self._threads, response.close)
+
+    def _stream(self, response: HttpResponseBase, scope: dict[str, Any], receive, send,
+                loop: asyncio.AbstractEventLoop) -> None:
+        """Send a sync streamed response from this thread in pieces of about ``chunk_size``; stop if the client
+        went away."""
         gone = threading.Event()
         watcher = asyncio.run_coroutine_threadsafe(_watch_disconnect(receive, gone), loop)
 
@@ -89,17 +132,23 @@ class OneHopASGIHandler(DataDirASGIHandler):
 
         try:
             send_now(_start_message(response))
-            for part in response.streaming_content:
-                if gone.is_set():
-                    return
-                for chunk, _ in self.chunk_bytes(part):
-                    send_now({"type": "http.response.body", "body": chunk, "more_body": True})
+            if scope["method"] != "HEAD":
+                piece = bytearray()
+                for part in response.streaming_content:
+                    if gone.is_set():
+                        return
+                    piece += part
+                    if len(piece) >= self.chunk_size:
+                        send_now({"type": "http.response.body", "body": bytes(piece), "more_body": True})
+                        piece.clear()
+                if piece:
+                    send_now({"type": "http.response.body", "body": bytes(piece), "more_body": True})
             send_now({"type": "http.response.body"})
         finally:
             watcher.cancel()
 
 
-async def _watch_disconnect(receive, gone: threading.Event) -> None:
+async def _watch_disconnect(receive, gone: threading.Event | asyncio.Event) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
     gone.set()

@@ -11,6 +11,10 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, Stream
 from webapp.lib.storage import data_path, relative_to_data
 
 CHUNK = 1024 * 1024
+
+
+class RangeResponse(StreamingHttpResponse):
+    """A part of a file (206): a stream that needs no database, sent like a FileResponse (webapp.lib.asgi_handler)."""
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -64,8 +68,8 @@ def ranged_file_response(request: HttpRequest, path: Path, filename: str, etag: 
             response["Content-Range"] = f"bytes */{size}"
             return response
         start, end = byte_range
-        response = StreamingHttpResponse(_iter_range(path, start, end - start + 1), status=206,
-                                         content_type=content_type)
+        response = RangeResponse(_iter_range(path, start, end - start + 1), status=206,
+                               content_type=content_type)
         response["Content-Length"] = str(end - start + 1)
         response["Content-Range"] = f"bytes {start}-{end}/{size}"
     else:
