@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from django.core import signals
@@ -128,7 +129,14 @@ class OneHopASGIHandler(DataDirASGIHandler):
         watcher = asyncio.run_coroutine_threadsafe(_watch_disconnect(receive, gone), loop)
 
         def send_now(message: dict[str, Any]) -> None:
-            asyncio.run_coroutine_threadsafe(send(message), loop).result()
+            sent = asyncio.run_coroutine_threadsafe(send(message), loop)
+            while True:
+                try:
+                    return sent.result(timeout=1)
+                except FutureTimeout:
+                    if not loop.is_running():  # the server stopped: this thread must not wait for ever
+                        sent.cancel()
+                        raise RequestAborted() from None
 
         try:
             send_now(_start_message(response))
