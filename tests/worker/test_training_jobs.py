@@ -184,7 +184,9 @@ def drop_other_connections() -> int:
 
 
 def test_training_goes_on_when_database_connections_drop(transactional_db, owner, base_model, dataset, workers):
-    job = create_job(owner, dataset, base_model, {**TINY_RUN, "max_steps": 150, "save_every": 50})
+    # long enough that both cuts fall mid-training on an idle machine too (150 steps took ~2 s there: the
+    # second cut found the job over and its worker between two tries to record the end, with no connection)
+    job = create_job(owner, dataset, base_model, {**TINY_RUN, "max_steps": 600, "save_every": 50})
     workers("w1")
     for step in (3, 50):
         wait_until(lambda s=step: job_state(job).current_step >= s, timeout=120, message=f"step {step}")
