@@ -52,10 +52,8 @@ def scope_for(path: str, query: str = "", headers: dict[str, str] | None = None,
             "client": ("127.0.0.1", 5000), "server": ("testserver", 80)}
 
 
-async def call(app, scope: dict, leave_after_body_messages: int | None = None) -> list[dict]:
-    """The messages ``app`` sends; the client goes away after that many body messages, if given."""
-    sent: list[dict] = []
-    left = asyncio.Event()
+def empty_request_until(left: asyncio.Event):
+    """An ASGI ``receive`` for a GET: its empty body, then the client going away once ``left`` is set."""
     requested = False
 
     async def receive() -> dict:
@@ -65,6 +63,15 @@ async def call(app, scope: dict, leave_after_body_messages: int | None = None) -
             return {"type": "http.request", "body": b"", "more_body": False}
         await left.wait()
         return {"type": "http.disconnect"}
+
+    return receive
+
+
+async def call(app, scope: dict, leave_after_body_messages: int | None = None) -> list[dict]:
+    """The messages ``app`` sends; the client goes away after that many body messages, if given."""
+    sent: list[dict] = []
+    left = asyncio.Event()
+    receive = empty_request_until(left)
 
     async def send(message: dict) -> None:
         sent.append(message)
@@ -150,22 +157,14 @@ def test_a_slow_download_holds_no_thread(owner_key):
     async def scenario() -> list[dict]:
         app = OneHopASGIHandler(threads=1)
         stalled, release = asyncio.Event(), asyncio.Event()
-        requested = False
-
-        async def receive() -> dict:
-            nonlocal requested
-            if not requested:
-                requested = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await release.wait()
-            return {"type": "http.disconnect"}
 
         async def slow_send(message: dict) -> None:
             if message.get("body"):
                 stalled.set()
                 await release.wait()
 
-        download = asyncio.create_task(app(scope_for("/api/test-file", headers=auth), receive, slow_send))
+        download = asyncio.create_task(app(scope_for("/api/test-file", headers=auth), empty_request_until(release),
+                                           slow_send))
         await asyncio.wait_for(stalled.wait(), 30)
         try:
             return await asyncio.wait_for(call(app, scope_for("/v1/fine_tuning/jobs", "", auth)), 30)

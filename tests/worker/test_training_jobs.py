@@ -184,13 +184,16 @@ def drop_other_connections() -> int:
 
 
 def test_training_goes_on_when_database_connections_drop(transactional_db, owner, base_model, dataset, workers):
-    # long enough that both cuts fall mid-training on an idle machine too (150 steps took ~2 s there: the
-    # second cut found the job over and its worker between two tries to record the end, with no connection)
+    # Two cuts mid-training, the second only once the worker has written again after the first (its recorder
+    # writes once a second: on an idle machine step 50 was already stored at the first cut, and a second cut
+    # right after it found the worker waiting to retry, with no connection to cut).
     job = create_job(owner, dataset, base_model, {**TINY_RUN, "max_steps": 600, "save_every": 50})
     workers("w1")
-    for step in (3, 50):
-        wait_until(lambda s=step: job_state(job).current_step >= s, timeout=120, message=f"step {step}")
-        assert drop_other_connections() >= 1
+    stored = 2
+    for cut in (1, 2):
+        wait_until(lambda s=stored: job_state(job).current_step > s, timeout=120, message=f"a write before cut {cut}")
+        stored = job_state(job).current_step
+        assert stored < 600 and drop_other_connections() >= 1
     wait_for_end(job)
 
     assert job.state == Job.State.SUCCEEDED, job.error
