@@ -65,10 +65,10 @@ def job_version(user: Any, job_id: Any) -> tuple | None:
     says); ``()`` when not; None when answers cannot be checked by row versions here."""
     if not versions_supported():
         return None
+    sql = f"SELECT xmin::text FROM {Job._meta.db_table} WHERE id = %s"
     if user.is_staff:
-        return read_versions(f"SELECT xmin::text FROM {Job._meta.db_table} WHERE id = %s", [job_id])
-    return read_versions(f"SELECT xmin::text FROM {Job._meta.db_table} WHERE id = %s AND owner_id = %s",
-                         [job_id, user.pk])
+        return read_versions(sql, [job_id])
+    return read_versions(sql + " AND owner_id = %s", [job_id, user.pk])
 
 
 def _number_sql(key: str) -> RawSQL:

@@ -46,7 +46,7 @@ def memory_limit() -> int:
 
 
 def spool_dir() -> str | None:
-    """Where a request body past FILE_UPLOAD_MAX_MEMORY_SIZE goes: FILE_UPLOAD_TEMP_DIR, else the system's."""
+    """Where a request body past ``memory_limit()`` goes: FILE_UPLOAD_TEMP_DIR, else the system's."""
     return str(settings.FILE_UPLOAD_TEMP_DIR) if settings.FILE_UPLOAD_TEMP_DIR else None
 
 
