@@ -2,9 +2,9 @@
 
     python -m webapp.server [--host 127.0.0.1] [--port 8000] [--workers N] [--reload]
 
-Why uvicorn: it hands Django a request body as it arrives (Django spools it to a temporary file past
-FILE_UPLOAD_MAX_MEMORY_SIZE, in FILE_UPLOAD_TEMP_DIR on the data disk: webapp/lib/asgi_body.py), so a 1 GB
-``POST /v1/files`` costs the server a few MB of memory, not 1 GB; and
+Why uvicorn: it hands Django a request body as it arrives (spooled to a temporary file past 5 MB, in
+FILE_UPLOAD_TEMP_DIR on the data disk, and refused with 413 past the limit of the view it is for:
+webapp/lib/asgi_body.py), so a 1 GB ``POST /v1/files`` costs the server a few MB of memory, not 1 GB; and
 it runs several worker processes on one listening socket, so the web side is not held to one core.
 
 Worker processes: ``--workers``, else ``WEB_CONCURRENCY``, else 1. One suits ``make run`` and a small team:

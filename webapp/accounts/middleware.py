@@ -55,7 +55,12 @@ class LoginRequiredMiddleware:
         path = request.path
         if request.user.is_authenticated or path.startswith(PUBLIC_PATHS) or path.startswith("/admin/"):
             return self.get_response(request)
-        if is_api_path(path):
-            return api_error("Authentication required: send 'Authorization: Bearer <API key>'.", 401,
-                             code="invalid_api_key")
-        return redirect(f"{settings.LOGIN_URL}?next={request.get_full_path()}")
+        return login_required_response(request)
+
+
+def login_required_response(request: HttpRequest) -> HttpResponse:
+    """The answer to an anonymous request that needs a login: 401 for the API, the login page otherwise."""
+    if is_api_path(request.path):
+        return api_error("Authentication required: send 'Authorization: Bearer <API key>'.", 401,
+                         code="invalid_api_key")
+    return redirect(f"{settings.LOGIN_URL}?next={request.get_full_path()}")

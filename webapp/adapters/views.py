@@ -9,6 +9,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from webapp.basemodels.models import BaseModel
+from webapp.lib.body_limits import accepts_upload
 from webapp.lib.downloads import ranged_file_response
 from webapp.lib.owned import get_owned_or_404
 
@@ -39,6 +40,7 @@ def adapter_download(request: HttpRequest, adapter_id) -> HttpResponse:
                                 content_type="application/zip")
 
 
+@accepts_upload
 @require_http_methods(["GET", "POST"])
 def adapter_upload(request: HttpRequest) -> HttpResponse:
     base_models = BaseModel.objects.visible_to(request.user)

@@ -67,7 +67,8 @@ def parse_json_body(request: HttpRequest) -> dict[str, Any]:
 
     Raises:
         ApiError: not JSON, NaN/Infinity literals, nested too deeply, or not an object. (A body over
-            DATA_UPLOAD_MAX_MEMORY_SIZE raises RequestDataTooBig, answered 413 by :func:`api_endpoint`.)
+            DATA_UPLOAD_MAX_MEMORY_SIZE raises RequestDataTooBig, answered 413 by :func:`api_endpoint`; the web
+            server refuses such a body before any view runs: webapp/lib/body_limits.py.)
     """
     raw = request.body
     if not raw.strip():

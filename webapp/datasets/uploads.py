@@ -32,7 +32,7 @@ from .actions import (
 )
 from .models import Dataset
 
-CHUNK_BYTES = 4 * 1024 * 1024  # under DATA_UPLOAD_MAX_MEMORY_SIZE (5 MB)
+CHUNK_BYTES = 4 * 1024 * 1024  # under DATA_UPLOAD_MAX_MEMORY_SIZE (5 MB), the server's limit on this view's body
 COPY_BYTES = 1024 * 1024
 SESSION_KEY = "dataset_uploads"
 MAX_OPEN_UPLOADS = 4

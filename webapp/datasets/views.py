@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from lora_engine import json_nesting
 from lora_engine.config import DATA_FORMATS
+from webapp.lib.body_limits import accepts_upload
 from webapp.lib.owned import get_owned_or_404
 
 from . import uploads
@@ -50,6 +51,7 @@ def dataset_list(request: HttpRequest) -> HttpResponse:
     return render(request, "datasets/list.html", _list_context(request))
 
 
+@accepts_upload
 @require_POST
 def upload_form(request: HttpRequest) -> HttpResponse:
     """The page's plain form (without JavaScript): one multipart POST; Django spools big files to disk."""

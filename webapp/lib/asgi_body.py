@@ -1,12 +1,28 @@
-"""Django's ASGI handler, spooling request bodies to FILE_UPLOAD_TEMP_DIR instead of the system temp directory.
+"""Django's ASGI handler, receiving a request body only within its limit, spooled to FILE_UPLOAD_TEMP_DIR.
 
-Django's ASGIHandler receives the whole body before any view runs, into a SpooledTemporaryFile that rolls over
-to the system temporary directory past FILE_UPLOAD_MAX_MEMORY_SIZE (``read_body`` in
-django/core/handlers/asgi.py, Django 5.2), whatever FILE_UPLOAD_TEMP_DIR says. So a 1 GB ``POST /v1/files``
-first went to /tmp (a container's /tmp had to hold the largest upload) and was then written again by the
-upload handler under FILE_UPLOAD_TEMP_DIR. Here the body is spooled in FILE_UPLOAD_TEMP_DIR, on the data disk
-(the system temporary directory when the setting is empty). The rolled-over file has no name: nothing is left
-behind when the process dies.
+Django's ASGIHandler receives the whole body before any middleware or view runs, into a SpooledTemporaryFile that
+rolls over to the system temporary directory past FILE_UPLOAD_MAX_MEMORY_SIZE (``read_body`` in
+django/core/handlers/asgi.py, Django 5.2), whatever FILE_UPLOAD_TEMP_DIR says, and whatever its size. So a 1 GB
+``POST /v1/files`` first went to /tmp (a container's /tmp had to hold the largest upload) and was then written
+again by the upload handler under FILE_UPLOAD_TEMP_DIR; and anyone could fill the disk with a body no view would
+accept, since the limits views check (MAX_UPLOAD_BYTES, DATA_UPLOAD_MAX_MEMORY_SIZE) came after it was stored.
+
+Here the body is spooled in FILE_UPLOAD_TEMP_DIR, on the data disk (the system temporary directory when the
+setting is empty), and only within its limit, decided from the view its path resolves to
+(webapp/lib/body_limits.py: MAX_UPLOAD_BYTES plus room for the form for the views that take files,
+``memory_limit()`` (5 MB, kept in memory) for every other one):
+
+- a Content-Length past the limit is answered 413 at once, without receiving the body;
+- a body without one (chunked) that grows past the limit is dropped there, its spool closed, and answered 413;
+- only a signed-in user's body (a valid API key, or a logged-in user's session) is spooled past
+  ``memory_limit()``: before such a body is received, :func:`webapp.accounts.scope_auth.signed_in` is asked in a
+  request thread (it queries the database). An anonymous one gets the login answer (401 under /v1 and /api,
+  the login page otherwise) at once, or, without a Content-Length, as soon as it passes ``memory_limit()``.
+
+The spooled file has no name, so closing it frees its space and nothing is left behind, even when the process
+dies. The answers above leave the rest of the body unread, so they close the connection (``Connection:
+close``): a client that waits for ``100 Continue`` before sending a large body (curl does) gets the answer
+having sent nothing; one that is still sending may see the connection reset before it reads the answer.
 
 A multipart upload past ``memory_limit()`` is still written twice: spooled here, then copied out of its
 multipart framing by the upload handler (and renamed into place, not copied). Avoiding that would mean handing
@@ -20,53 +36,108 @@ disk-full message, webapp.lib.server_errors), not with the server's bare 500.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import tempfile
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
+from django.http import HttpRequest, HttpResponse
 
 from lora_engine.errors import is_disk_full
+from webapp.accounts.middleware import login_required_response
+from webapp.accounts.scope_auth import signed_in
 
+from .body_limits import BodyLimit, body_limit, declared_length, default_limit, memory_limit, too_large_response
 from .server_errors import disk_full_response
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
-
-
-def memory_limit() -> int:
-    """The largest body kept in memory while it arrives: DATA_UPLOAD_MAX_MEMORY_SIZE (Django reads a body that
-    size into memory anyway when a view asks for ``request.body``; and the data set page's 4 MB upload chunks
-    then reach the disk once, appended to their upload, instead of twice), at least FILE_UPLOAD_MAX_MEMORY_SIZE
-    (Django's own threshold)."""
-    return max(settings.FILE_UPLOAD_MAX_MEMORY_SIZE, settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0)
-
 
 def spool_dir() -> str | None:
     """Where a request body past ``memory_limit()`` goes: FILE_UPLOAD_TEMP_DIR, else the system's."""
     return str(settings.FILE_UPLOAD_TEMP_DIR) if settings.FILE_UPLOAD_TEMP_DIR else None
 
 
-@dataclass(frozen=True)
-class UnstoredBody:
-    """In place of the body of a request whose spooling filled the disk (see DataDirASGIHandler.create_request)."""
+class RefusedBody:
+    """In place of a body that was not kept: its request is answered before any middleware or view runs
+    (DataDirASGIHandler.create_request; the CSRF check would turn a missing body into a 403)."""
 
-    error: OSError
+    closes_connection = True
+    """Whether the rest of the body may still be on its way (then the answer closes the connection)."""
+
+    def response(self, request: HttpRequest) -> HttpResponse:
+        raise NotImplementedError
 
     def close(self) -> None:
         pass
 
 
-class DataDirASGIHandler(ASGIHandler):
-    """Django's ASGIHandler with the body spooled in ``spool_dir()``."""
+@dataclass(frozen=True)
+class BodyTooLarge(RefusedBody):
+    """The body is (or grew) larger than its limit: 413 naming it."""
 
-    async def read_body(self, receive: Receive) -> Any:
+    limit: BodyLimit
+
+    def response(self, request: HttpRequest) -> HttpResponse:
+        return too_large_response(request, self.limit)
+
+
+class SignInFirst(RefusedBody):
+    """A body past ``memory_limit()`` from a client that is not signed in: the login answer."""
+
+    def response(self, request: HttpRequest) -> HttpResponse:
+        return login_required_response(request)
+
+
+@dataclass(frozen=True)
+class UnstoredBody(RefusedBody):
+    """The disk filled up while the body was spooled (the rest of it was received and dropped): 507."""
+
+    error: OSError
+    closes_connection = False
+
+    def response(self, request: HttpRequest) -> HttpResponse:
+        return disk_full_response(request, self.error)
+
+
+class DataDirASGIHandler(ASGIHandler):
+    """Django's ASGIHandler with the body received by :meth:`receive_body`: limited, and spooled in
+    ``spool_dir()``."""
+
+    request_threads: Executor | None = None
+    """Where the sign-in check runs (None: the event loop's default executor)."""
+
+    async def receive_body(self, scope: dict[str, Any], receive: Receive) -> Any:
+        """The request's body as :meth:`read_body` returns it, within ``body_limit(scope)``; or a RefusedBody
+        without receiving anything, when its Content-Length is past the limit, or passes ``memory_limit()``
+        and nobody is signed in."""
+        length = declared_length(scope)
+        if length is not None and length <= memory_limit():
+            # Most requests: a size every view accepts, kept in memory, so no URL to resolve. (The server frames
+            # an HTTP/1.1 body by its Content-Length: none is longer than it declares.)
+            return await self.read_body(receive, default_limit(), may_spool=False)
+        limit = body_limit(scope)
+        if length is not None and length > limit.max_bytes:
+            return BodyTooLarge(limit)
+        may_spool = False
+        if limit.max_bytes > memory_limit():  # an upload, past memory_limit() or of unknown length
+            loop = asyncio.get_running_loop()
+            may_spool = await loop.run_in_executor(self.request_threads, signed_in, scope)
+            if not may_spool and length is not None:
+                return SignInFirst()
+        return await self.read_body(receive, limit, may_spool)
+
+    async def read_body(self, receive: Receive, limit: BodyLimit | None = None, may_spool: bool = True) -> Any:
         """Django 5.2's ``read_body`` (the body in a SpooledTemporaryFile, RequestAborted on an early disconnect)
-        with the spool in ``spool_dir()`` past ``memory_limit()``, and an UnstoredBody when the disk fills."""
+        with the spool in ``spool_dir()`` past ``memory_limit()``, and a RefusedBody instead when the body
+        passes ``limit``, passes ``memory_limit()`` without ``may_spool``, or fills the disk."""
         body_file = tempfile.SpooledTemporaryFile(max_size=memory_limit(), mode="w+b", dir=spool_dir())
+        received = 0
         more = True
         while more:
             message = await receive()
@@ -74,10 +145,16 @@ class DataDirASGIHandler(ASGIHandler):
                 body_file.close()
                 raise RequestAborted()
             more = message.get("more_body", False)
-            try:
-                body_file.write(message.get("body", b""))
-            except OSError as exc:
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            refused = _refusal(received, limit, may_spool)
+            if refused is not None:
                 body_file.close()  # frees what was spooled
+                return refused
+            try:
+                body_file.write(chunk)
+            except OSError as exc:
+                body_file.close()
                 if not is_disk_full(exc):
                     raise
                 if more:
@@ -87,14 +164,26 @@ class DataDirASGIHandler(ASGIHandler):
         return body_file
 
     def create_request(self, scope: dict[str, Any], body_file: Any) -> tuple[Any, Any]:
-        """Django's (request, None) or (None, error response); the 507 answer when the body could not be stored
-        (before any middleware: the CSRF check would turn an unreadable body into a 403)."""
-        if not isinstance(body_file, UnstoredBody):
+        """Django's (request, None) or (None, error response); a RefusedBody's answer in place of a body that
+        was not kept."""
+        if not isinstance(body_file, RefusedBody):
             return super().create_request(scope, body_file)
         request, error_response = super().create_request(scope, io.BytesIO())
         if request is None:
             return None, error_response
-        return None, disk_full_response(request, body_file.error)
+        response = body_file.response(request)
+        if body_file.closes_connection:
+            response["Connection"] = "close"
+        return None, response
+
+
+def _refusal(received: int, limit: BodyLimit | None, may_spool: bool) -> RefusedBody | None:
+    """Why a body of which ``received`` bytes arrived so far is not kept, if it is not."""
+    if limit is not None and received > limit.max_bytes:
+        return BodyTooLarge(limit)
+    if not may_spool and received > memory_limit():
+        return SignInFirst()
+    return None
 
 
 async def _drop_rest(receive: Receive) -> None:

@@ -7,7 +7,8 @@ for every request. On the API's hot GETs that was about 2 ms of CPU per request,
 work (docs/BENCHMARKS.md, api-load). Here the loop reads the body, then one call in a long-lived thread pool
 does what Django's WSGI handler does (signals, middleware, view, close) and hands the finished response back
 for the loop to send. Middleware is loaded in sync mode, as under WSGI, so it needs no adapting. Bodies are
-read as :class:`~webapp.lib.asgi_body.DataDirASGIHandler` reads them (spooled on the data disk).
+received as :class:`~webapp.lib.asgi_body.DataDirASGIHandler` receives them (within the limit of the view
+they are for, spooled on the data disk, refused before any middleware runs otherwise).
 
 Streamed answers come in two kinds. A file (``FileResponse``, a ranged download, a static file) needs no
 database: its thread hands its connection back and the loop sends the file, reading each block in the pool,
@@ -52,17 +53,18 @@ class OneHopASGIHandler(DataDirASGIHandler):
     def __init__(self, threads: int = REQUEST_THREADS):
         base.BaseHandler.__init__(self)
         self.load_middleware(is_async=False)
-        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="django-request")
+        self.request_threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="django-request")
 
     async def __call__(self, scope: dict[str, Any], receive, send) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
         try:
-            body_file = await self.read_body(receive)
+            body_file = await self.receive_body(scope, receive)
         except RequestAborted:
             return
         loop = asyncio.get_running_loop()
-        response = await loop.run_in_executor(self._threads, self._respond, scope, body_file, receive, send, loop)
+        response = await loop.run_in_executor(self.request_threads, self._respond, scope, body_file, receive, send,
+                                              loop)
         if response is None:  # streamed by the thread
             return
         if response.streaming:  # a file
@@ -112,14 +114,14 @@ class OneHopASGIHandler(DataDirASGIHandler):
             if scope["method"] != "HEAD":
                 blocks = iter(response.streaming_content)
                 while not gone.is_set():
-                    block = await loop.run_in_executor(self._threads, next, blocks, None)
+                    block = await loop.run_in_executor(self.request_threads, next, blocks, None)
                     if block is None:
                         break
                     await send({"type": "http.response.body", "body": block, "more_body": True})
             await send({"type": "http.response.body"})
         finally:
             watcher.cancel()
-            await loop.run_in_executor(self._threads, response.close)
+            await loop.run_in_executor(self.request_threads, response.close)
 
     def _stream(self, response: HttpResponseBase, scope: dict[str, Any], receive, send,
                 loop: asyncio.AbstractEventLoop) -> None:

@@ -142,6 +142,8 @@ FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.MemoryFileUploadHandler
 FILE_UPLOAD_TEMP_DIR = DATA_DIR / "tmp"
 FILE_UPLOAD_TEMP_DIR.mkdir(exist_ok=True)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024  # non-file request bodies (JSON API) are capped
+# The web server refuses a body past MAX_UPLOAD_BYTES (views that take files) or DATA_UPLOAD_MAX_MEMORY_SIZE
+# (every other view) before storing it (webapp/lib/body_limits.py).
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 20 * 1024**3)
 
 # The only server directories users may register as local base models (comma-separated; symlinks are resolved,

@@ -6,6 +6,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from webapp.datasets.actions import create_dataset_from_upload, delete_dataset
 from webapp.datasets.models import Dataset
+from webapp.lib.body_limits import accepts_upload
 from webapp.lib.downloads import ranged_file_response
 
 from ..errors import ApiError, api_endpoint, not_found
@@ -26,6 +27,7 @@ def owned_file(request: HttpRequest, identifier: str, param: str | None = None) 
     return dataset
 
 
+@accepts_upload
 @api_endpoint("GET", "POST")
 def files(request: HttpRequest) -> JsonResponse:
     if request.method == "POST":
