@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import os
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -26,6 +28,24 @@ def _children_of(pid: int) -> list[int]:
     return [int(p) for p in result.stdout.split()]
 
 
+LISTEN, ESTABLISHED = "0A", "01"
+
+
+def _tcp_sockets_of(pid: int, port: int, state: str) -> set[int]:
+    """The inodes of ``pid``'s IPv4 TCP sockets with local ``port`` in ``state`` (a /proc/net/tcp state code)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    found = set()
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == state and int(fields[9]) in inodes:
+            found.add(int(fields[9]))
+    return found
+
+
 @pytest.mark.stack
 @pytest.mark.slow
 def test_two_worker_processes_serve_and_stop_with_the_server(transactional_db, tmp_path):
@@ -39,6 +59,22 @@ def test_two_worker_processes_serve_and_stop_with_the_server(transactional_db, t
         for _ in range(20):
             with urllib.request.urlopen(f"{base_url}/healthz", timeout=10) as response:
                 assert response.status == 200
+
+        # each worker listens on a socket of its own, and a burst of keep-alive connections is spread over both
+        port = int(base_url.rsplit(":", 1)[1])
+        listening = {pid: _tcp_sockets_of(pid, port, LISTEN) for pid in workers}
+        assert all(len(sockets) == 1 for sockets in listening.values()), listening
+        assert len(set().union(*listening.values())) == 2, listening
+        clients = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(40)]
+        try:
+            for client in clients:
+                client.request("GET", "/healthz")
+                assert client.getresponse().read()
+            held = {pid: len(_tcp_sockets_of(pid, port, ESTABLISHED)) for pid in workers}
+            assert sum(held.values()) == 40 and min(held.values()) >= 8, held  # binomial(40, ½): below 8 ~1e-5
+        finally:
+            for client in clients:
+                client.close()
     finally:
         server.stop()
     for pid in workers:
