@@ -8,6 +8,9 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812 - the conventional name
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM
 
 from lora_engine import RunConfig, train
@@ -207,6 +210,56 @@ def test_loss_chunks_are_capped_in_rows_and_in_bytes():
     # a large vocabulary: the byte cap
     assert loss_mod.logits_chunk_rows(262_144, 1020) == loss_mod.CHUNK_BYTES // (4 * 262_144) < loss_mod.CHUNK_ROWS
     assert loss_mod.logits_chunk_rows(4096, 7) == 7
+
+
+@pytest.mark.parametrize(("precision", "tolerance"), [("fp32", 1e-5), ("bf16", 2e-2)])
+@pytest.mark.parametrize("rows", [7, 300, 490])
+def test_a_padded_last_chunk_gives_the_loss_and_gradient_of_its_rows_only(rows, precision, tolerance):
+    # 4096-token vocabulary: 256-row chunks, the last one padded with zero rows to a multiple of ROW_BUCKET;
+    # a padding row counted in the loss or the gradient would show as a larger loss or a wrong gradient
+    generator = torch.Generator().manual_seed(rows)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    head = nn.Linear(64, 4096, bias=False).to(dtype).requires_grad_(False)
+    hidden = torch.randn(rows, 64, generator=generator).to(dtype)
+    targets = torch.randint(0, 4096, (rows,), generator=generator)
+    results = []
+    for chunked in (True, False):
+        h = hidden.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            if chunked:
+                total = loss_mod.head_cross_entropy_sum(h, head, targets)
+            else:
+                total = F.cross_entropy(head(h).float(), targets, reduction="sum")
+        total.backward()
+        results.append((total.detach(), h.grad.float()))
+    (ours, our_grad), (reference, reference_grad) = results
+    torch.testing.assert_close(ours, reference, atol=tolerance * rows, rtol=tolerance)
+    torch.testing.assert_close(our_grad, reference_grad, atol=tolerance, rtol=tolerance)
+
+
+class _MatmulRows(TorchDispatchMode):
+    """Records the row count of every matrix product run inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+            self.rows.add(args[-2].shape[0])
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_loss_matmuls_take_a_few_row_counts_whatever_the_labelled_rows():
+    # oneDNN (bf16 on a CPU) builds and keeps a kernel per matmul shape: a new row count every step made the
+    # process grow by ~2 MiB a step for the head's matmuls alone
+    head = nn.Linear(64, 4096, bias=False).to(torch.bfloat16).requires_grad_(False)
+    recorder = _MatmulRows()
+    for rows in range(200, 520, 7):
+        hidden = torch.randn(rows, 64, dtype=torch.bfloat16, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16), recorder:
+            loss_mod.head_cross_entropy_sum(hidden, head, torch.randint(0, 4096, (rows,))).backward()
+    assert recorder.rows <= set(range(loss_mod.ROW_BUCKET, loss_mod.CHUNK_ROWS + 1, loss_mod.ROW_BUCKET))
 
 
 def test_schedule_warms_up_then_decays():
