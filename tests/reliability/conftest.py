@@ -94,4 +94,7 @@ def objects(world, owner, owner_client) -> dict[str, str]:
     started = owner_client.post("/datasets/uploads/", {"name": "x.jsonl", "size": 10, "format": "auto"},
                                 content_type="application/json")
     ids["upload"] = started.json()["id"]
+    from webapp.accounts.keys import create_api_key
+
+    ids["api_key"] = str(create_api_key(owner, name="rel")[0].pk)
     return ids

@@ -46,6 +46,10 @@ PUBLIC_PATHS = ["/static/css/studio.css"]
 ROUTES: dict[str, Route] = {
     "": Route(PAGE),
     "accounts/logout/": Route(PAGE, ends_session=True),
+    "accounts/keys/": Route(PAGE),
+    "accounts/keys/<int:key_id>/revoke/": Route(PAGE, "api_key", session_scoped=True),
+    "accounts/password/": Route(PAGE),
+    "accounts/password/done/": Route(PAGE),
     "datasets/": Route(PAGE),
     "datasets/upload/": Route(PAGE),
     "datasets/uploads/": Route(PAGE),
@@ -129,7 +133,7 @@ WS_ROUTES = {
 # Which of the world's objects each URL parameter names.
 PARAM_OBJECTS = {"dataset_id": "dataset", "file_id": "dataset", "model_id": "base_model", "job_id": "job",
                  "adapter_id": "adapter", "merge_id": "merge", "sweep_id": "sweep", "session_id": "playground",
-                 "upload_id": "upload"}
+                 "upload_id": "upload", "key_id": "api_key"}
 
 
 def walk(patterns, prefix: str = ""):
@@ -167,7 +171,8 @@ def build_url(route: str, pattern: URLPattern, ids: dict[str, str], base_model_n
     path = route
     for name, value in kwargs.items():
         converter = pattern.pattern.converters[name]
-        kind = {"UUIDConverter": "uuid", "StringConverter": "str", "PathConverter": "path"}[type(converter).__name__]
+        kind = {"UUIDConverter": "uuid", "StringConverter": "str", "PathConverter": "path",
+                "IntConverter": "int"}[type(converter).__name__]
         path = path.replace(f"<{kind}:{name}>", value)
     return "/" + path
 
@@ -205,7 +210,7 @@ def test_the_matrix(world, objects, owner_client, stranger_client, staff_client,
     bearer = {who: Client(HTTP_AUTHORIZATION=f"Bearer {key}")
               for who, key in (("owner", owner_key), ("stranger", stranger_key), ("staff", staff_key))}
     pages = {"owner": owner_client, "stranger": stranger_client, "staff": staff_client}
-    owner_marks = [value for key, value in objects.items() if key != "upload"]
+    owner_marks = [value for key, value in objects.items() if key not in ("upload", "api_key")]  # not UUIDs
     owner_marks += [uuid.UUID(v).hex for v in owner_marks] + [world.base_model.name]
     failures, cells = [], 0
     for route, pattern in walk(get_resolver().url_patterns):

@@ -28,6 +28,13 @@ KEY_PREFIX = "lsk-"
 KEY_CACHE_SECONDS = 5.0
 """How long a process trusts a key it has checked: the bound on a revocation reaching every process."""
 KEY_CACHE_ENTRIES = 1024
+MAX_ACTIVE_KEYS = 20
+"""Keys a user may hold unrevoked at once from the API keys page (the admin's command has no cap)."""
+NAME_MAX_CHARS = 100
+
+
+class KeyRejected(ValueError):
+    """A key a user asked for on the API keys page that is not made; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,20 @@ def create_api_key(user: AbstractBaseUser, name: str = "") -> tuple[ApiKey, str]
     raw_key = KEY_PREFIX + secrets.token_urlsafe(32)
     api_key = ApiKey.objects.create(user=user, name=name, prefix=raw_key[:12], key_hash=hash_key(raw_key))
     return api_key, raw_key
+
+
+def issue_key(user: AbstractBaseUser, name: str) -> tuple[ApiKey, str]:
+    """A new key for ``user`` asked for on the API keys page (at most MAX_ACTIVE_KEYS unrevoked at once).
+
+    Raises:
+        KeyRejected: the name is too long, or the user holds MAX_ACTIVE_KEYS keys already.
+    """
+    name = name.strip()
+    if len(name) > NAME_MAX_CHARS:
+        raise KeyRejected(f"The name is {len(name)} characters long; at most {NAME_MAX_CHARS} are allowed.")
+    if ApiKey.objects.filter(user=user, revoked_at__isnull=True).count() >= MAX_ACTIVE_KEYS:
+        raise KeyRejected(f"You already have {MAX_ACTIVE_KEYS} active keys: revoke one you no longer use first.")
+    return create_api_key(user, name=name)
 
 
 def user_for_key(raw_key: str | None):
