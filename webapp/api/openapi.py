@@ -201,8 +201,8 @@ def openapi_document(server_url: str = "/") -> dict:
         "info": {"title": "LoRA Studio API", "version": "1",
                  "description": "OpenAI-compatible fine-tuning under /v1 (point the official openai client at "
                                 "base_url=http://HOST/v1 with a LoRA Studio API key) and native endpoints under "
-                                "/api. Authenticate with 'Authorization: Bearer <API key>' (make one with "
-                                "`manage.py create_api_key`) or a browser session (send X-CSRFToken on writes)."},
+                                "/api. Authenticate with 'Authorization: Bearer <API key>' (make one on the API keys "
+                                "page, /accounts/keys/) or a browser session (send X-CSRFToken on writes)."},
         "servers": [{"url": server_url}],
         "security": [{"bearerAuth": []}, {"sessionAuth": []}],
         "tags": [{"name": name} for name in (V1, FT, MODELS, NATIVE)],
