@@ -126,9 +126,9 @@ def test_an_unreadable_config_is_refused(owner_client, model_roots):
     assert response.status_code == 400 and "config.json cannot be read" in response.content.decode()
 
 
-def test_names_are_unique(owner_client, base_model):
+def test_names_are_unique_among_the_models_a_user_sees(owner_client, base_model):
     response = register(owner_client, name=base_model.name, local_path=str(tiny_model_dir()))
-    assert response.status_code == 400 and "already registered" in response.content.decode()
+    assert response.status_code == 400 and "You already have a model named" in response.content.decode()
     assert BaseModel.objects.count() == 1
 
 

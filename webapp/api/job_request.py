@@ -50,7 +50,7 @@ def api_param(setting_name: str | None) -> str | None:
 def _base_model(user, model: Any) -> BaseModel:
     if not isinstance(model, str) or not model.strip():
         raise ApiError("model is required: the name of a base model (GET /v1/models lists them).", param="model")
-    found = BaseModel.objects.visible_to(user).filter(name=model).first()
+    found = BaseModel.objects.named(user, model)
     if found is not None:
         return found
     if parse_fine_tuned_model_id(model) is not None:

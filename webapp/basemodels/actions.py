@@ -32,7 +32,7 @@ def register_local_model(owner, name: str, local_path: str, public: bool = False
     )
 
 
-def _check_name(name: str) -> str:
+def _check_name(owner, name: str) -> str:
     name = (name or "").strip()
     if not name:
         raise ModelRejected("Give the model a name (the id scripts will use, e.g. 'qwen2-0.5b').", param="name")
@@ -40,9 +40,13 @@ def _check_name(name: str) -> str:
         raise ModelRejected(
             "The name may hold letters, digits and . _ - : / (up to 200 characters), starting with a letter or "
             f"digit; {name[:60]!r} does not.", param="name")
-    if BaseModel.objects.filter(name=name).exists():
-        raise ModelRejected(f"A model named {name!r} is already registered; choose another name.", param="name")
+    if BaseModel.objects.visible_to(owner).filter(name=name).exists():  # another user's own models: not a clash
+        raise ModelRejected(_taken(name), param="name")
     return name
+
+
+def _taken(name: str) -> str:
+    return f"You already have a model named {name!r} (your own or a shared one); choose another name."
 
 
 def model_roots() -> list[Path]:
@@ -82,7 +86,7 @@ def register_model(owner, name: str, hub_id: str | None = None, revision: str = 
         ModelRejected: bad name, both or neither source given, a directory outside the model roots or unreadable,
             hub id not cached.
     """
-    name = _check_name(name)
+    name = _check_name(owner, name)
     hub_id, local_path, revision = (hub_id or "").strip(), (local_path or "").strip(), (revision or "").strip()
     if bool(hub_id) == bool(local_path):
         raise ModelRejected("Give either a hub id or a local directory (exactly one of them).", param="hub_id")
@@ -107,9 +111,8 @@ def register_model(owner, name: str, hub_id: str | None = None, revision: str = 
                 owner=owner, name=name, source=source, hub_id=hub_id, revision=revision if hub_id else "",
                 local_path=local_path, public=public, trust_remote_code=False, **details,
             )
-    except IntegrityError as exc:  # a concurrent registration took the name
-        raise ModelRejected(f"A model named {name!r} is already registered; choose another name.",
-                            param="name") from exc
+    except IntegrityError as exc:  # a concurrent registration of the same owner took the name
+        raise ModelRejected(_taken(name), param="name") from exc
 
 
 @transaction.atomic

@@ -6,7 +6,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import Case, Q, When
 
 from webapp.lib.owned import OwnedQuerySet
 
@@ -20,6 +20,13 @@ class BaseModelQuerySet(OwnedQuerySet):
             return self
         return self.filter(Q(owner=user) | Q(public=True))
 
+    def named(self, user, name: str) -> BaseModel | None:
+        """The model ``name`` means to ``user``: their own, else a public one, else (staff, who see every model)
+        the oldest of that name. Names are unique per owner only, so that registering a name tells nobody
+        whether another user's private model has it; a public model can share a name with someone's own."""
+        mine_first = Case(When(owner_id=user.pk, then=0), When(public=True, then=1), default=2)
+        return self.visible_to(user).filter(name=name).order_by(mine_first, "created_at").first()
+
 
 class BaseModel(models.Model):
     class Source(models.TextChoices):
@@ -28,7 +35,7 @@ class BaseModel(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="base_models")
-    name = models.CharField(max_length=200, unique=True, help_text="The id scripts use, e.g. 'tiny-llama'.")
+    name = models.CharField(max_length=200, help_text="The id scripts use, e.g. 'tiny-llama' (unique per owner).")
     source = models.CharField(max_length=10, choices=Source.choices)
     hub_id = models.CharField(max_length=200, blank=True)
     revision = models.CharField(max_length=100, blank=True)
@@ -51,6 +58,7 @@ class BaseModel(models.Model):
 
     class Meta:
         ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="basemodel_unique_name_per_owner")]
 
     def __str__(self) -> str:
         return self.name

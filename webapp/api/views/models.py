@@ -41,7 +41,7 @@ def model_detail(request: HttpRequest, model_id: str) -> JsonResponse:
         adapter = owned_adapter(request, model_id)
         delete_adapter(adapter)
         return JsonResponse(model_deleted_json(model_id))
-    base = BaseModel.objects.visible_to(request.user).select_related("owner").filter(name=model_id).first()
+    base = BaseModel.objects.select_related("owner").named(request.user, model_id)
     if base is not None:
         return JsonResponse(base_model_json(base))
     return JsonResponse(adapter_model_json(owned_adapter(request, model_id)))
