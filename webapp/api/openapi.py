@@ -94,6 +94,8 @@ OPERATIONS: tuple[Operation, ...] = (
               description="Any job setting (rank, batch_size, max_seq_len, quantization, ...) as a query parameter."),
     Operation("get", "/api/jobs/{job_id}", "A job's live state (progress, step, ETA, memory)", NATIVE, "JobState",
               (NATIVE_JOB_ID,)),
+    Operation("delete", "/api/jobs/{job_id}", "Delete an ended job without an adapter, with its metrics and "
+              "checkpoints (409 while it runs or while its adapter exists)", NATIVE, "Deleted", (NATIVE_JOB_ID,)),
     Operation("get", "/api/jobs/{job_id}/metrics", "A job's metric points (history, then after a step or seq)",
               NATIVE, "Metrics", (NATIVE_JOB_ID, Param("after_step", schema={"type": "integer"}),
                                   Param("after_seq", schema={"type": "integer"}),

@@ -19,6 +19,7 @@ from django.utils import timezone
 from webapp.basemodels.models import BaseModel
 from webapp.datasets.models import Dataset
 from webapp.lib.leased_work import LeasedWork, send_task_best_effort
+from webapp.lib.storage import remove_path
 
 from . import events
 from .configs import architecture_problems, build_run_config, clean_settings, param_for_problem
@@ -195,6 +196,29 @@ def cancel_job(job: Job) -> Job:
         job.save(update_fields=["cancel_requested", "state", "finished_at", "lease_owner", "lease_expires_at"])
         emit_state_on_commit(job)
     return job
+
+
+def delete_job(job: Job) -> None:
+    """Delete an ended job: its record, metrics, events, checkpoints and output directory (after commit). Its
+    data sets can then be deleted too, once no other job uses them.
+
+    Raises:
+        JobRejected: the job has not ended (cancel it first), or it has an adapter (the adapter's lineage — data
+            set, configuration, curves — stays while the adapter does: delete the adapter first).
+    """
+    from webapp.adapters.models import Adapter
+
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job.pk)
+        if not job.is_terminal:
+            raise JobRejected(f"The job is {job.state}: cancel it, and delete it once it has stopped.", param="job")
+        adapter = Adapter.objects.filter(job=job).first()
+        if adapter is not None:
+            raise JobRejected(f"The job's adapter {adapter.name!r} keeps the job (its data set, configuration and "
+                              "curves) as its lineage: delete the adapter first, then the job.", param="job")
+        path = job.output_dir
+        job.delete()
+        transaction.on_commit(lambda: remove_path(path))
 
 
 # ---------------------------------------------------------------------------------------------------------

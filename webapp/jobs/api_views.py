@@ -18,13 +18,14 @@ from typing import Any
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_http_methods
 
 from webapp.accounts.middleware import api_error
 from webapp.basemodels.models import BaseModel
 from webapp.lib.owned import get_owned_or_404
 
 from . import events
+from .actions import JobRejected, delete_job
 from .estimates import EstimateError, estimate_for
 from .metrics_query import DrawnHistory, drawn_answers, drawn_history, job_version
 from .models import Job, MetricPoint
@@ -219,11 +220,19 @@ def job_metrics_jsonl(request: HttpRequest, job_id) -> StreamingHttpResponse:
 # State, log tail, memory estimate
 
 
-@require_GET
+@require_http_methods(["GET", "DELETE"])
 @json_api
 def job_state(request: HttpRequest, job_id) -> JsonResponse:
-    """The job's live state (what the websocket sends on connect), for scripts that poll."""
-    return JsonResponse(events.job_state(_job_for(request, job_id)))
+    """GET: the job's live state (what the websocket sends on connect), for scripts that poll. DELETE: delete
+    the ended job (:func:`webapp.jobs.actions.delete_job`)."""
+    job = _job_for(request, job_id)
+    if request.method == "DELETE":
+        try:
+            delete_job(job)
+        except JobRejected as exc:
+            return api_error(str(exc), 409, code="job_not_deletable", param=exc.param)
+        return JsonResponse({"id": str(job.id), "object": "fine_tuning.job", "deleted": True})
+    return JsonResponse(events.job_state(job))
 
 
 @require_GET

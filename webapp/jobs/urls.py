@@ -8,5 +8,6 @@ urlpatterns = [
     path("new/", views.job_new, name="new"),
     path("<uuid:job_id>/", views.job_detail, name="detail"),
     path("<uuid:job_id>/cancel", views.job_cancel, name="cancel"),
+    path("<uuid:job_id>/delete", views.job_delete, name="delete"),
     path("<uuid:job_id>/retry-oom", views.job_retry_oom, name="retry-oom"),
 ]

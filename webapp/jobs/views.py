@@ -14,7 +14,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from webapp.lib.owned import get_owned_or_404
 
-from .actions import JobRejected, cancel_job, create_job
+from .actions import JobRejected, cancel_job, create_job, delete_job
 from .estimates import memory_measure
 from .forms import JobForm, initial_from_job, settings_from_job
 from .models import Job
@@ -113,6 +113,18 @@ def job_cancel(request: HttpRequest, job_id) -> HttpResponse:
             messages.success(request, "Cancelling: the job stops after its current step and keeps its last "
                                       "checkpoint.")
     return redirect("jobs:detail", job_id=job.id)
+
+
+@require_POST
+def job_delete(request: HttpRequest, job_id) -> HttpResponse:
+    job = get_owned_or_404(Job.objects, request.user, pk=job_id)
+    try:
+        delete_job(job)
+    except JobRejected as exc:
+        messages.error(request, str(exc))
+        return redirect("jobs:detail", job_id=job.id)
+    messages.success(request, f"Job {job.suffix or job.id} deleted, with its curves and checkpoints.")
+    return redirect("jobs:list")
 
 
 @require_POST
