@@ -214,7 +214,8 @@ def delete_dataset(dataset: Dataset) -> None:
     if jobs:
         raise DatasetInUseError(
             f"{dataset.name} is used by {len(jobs)} job(s); delete those jobs first (a data set stays while a job "
-            "refers to it, so every adapter's lineage can be traced).", jobs)
+            "refers to it, so every adapter's lineage can be traced). An ended job is deleted from its page (or "
+            "DELETE /api/jobs/<id>); a job whose adapter exists, once that adapter is deleted.", jobs)
     path = dataset.path
     dataset.delete()
     transaction.on_commit(lambda: remove_path(path))
