@@ -14,10 +14,14 @@
   const MAX_RETRIES = 3;
 
   function showError(message, problems) {
-    document.getElementById("upload-error-message").textContent = message;
+    problems = problems || [];
+    // with a list of problems, a one-line count above it (the message names the first few again, for API clients)
+    document.getElementById("upload-error-message").textContent = problems.length
+      ? `${problems.length === 1 ? "One problem" : problems.length + " problems"} found; fix ${problems.length === 1 ? "it" : "them"} and upload the file again:`
+      : message;
     const list = document.getElementById("upload-problems");
     list.replaceChildren();
-    (problems || []).forEach((p) => {
+    problems.forEach((p) => {
       const li = document.createElement("li");
       if (p.line !== null && p.line !== undefined) {
         const line = document.createElement("span");
@@ -30,6 +34,7 @@
     });
     errorBox.hidden = false;
     phase.textContent = "failed";
+    bar.classList.add("failed");
   }
 
   function setProgress(fraction) {
@@ -89,6 +94,7 @@
     status.hidden = false;
     document.getElementById("upload-name").textContent = `${file.name} (${Studio.formatBytes(file.size)})`;
     phase.textContent = "uploading…";
+    bar.classList.remove("failed");
     setProgress(0);
     try {
       const started = await send(startUrl, JSON.stringify({ name: file.name, size: file.size, format: formatSelect.value }));
