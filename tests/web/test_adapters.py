@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import io
 import json
 import struct
@@ -139,3 +140,18 @@ def test_api_lists_and_describes_adapters(api, base_model, owner_client, tmp_pat
     assert [a["rank"] for a in listed] == [4]
     detail = api.get(f"/api/adapters/{listed[0]['id']}").json()
     assert detail["base_model"] == "tiny" and detail["download_url"].endswith("/download")
+
+
+def test_the_training_configuration_is_json_without_server_paths(owner_client, base_model, tmp_path):
+    from django.conf import settings as django_settings
+
+    upload(owner_client, base_model, peft_adapter_files(tmp_path))
+    adapter = Adapter.objects.get()
+    adapter.config = {"model": "/srv/models/llama", "output_dir": str(django_settings.DATA_DIR / "jobs" / "x"),
+                      "lora": {"rank": 8, "use_dora": False, "targets": ["q_proj", "v_proj"]},
+                      "data": {"path": "/srv/data/secret.jsonl", "max_seq_len": 512, "eval_path": None}}
+    adapter.save(update_fields=["config"])
+    shown = owner_client.get(f"/adapters/{adapter.id}/").content.decode()
+    config = html.unescape(shown.split('data-testid="config">')[1].split("</pre>")[0])
+    assert '"use_dora": false' in config and '"max_seq_len": 512' in config  # JSON, not Python's repr
+    assert "/srv/" not in config and "jobs" not in config and '"model"' not in config
