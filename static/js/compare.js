@@ -94,7 +94,7 @@
       const opts = Object.assign(chartSize(el), {
         title,
         scales: { x: { time: false } },
-        axes: [{ label: state.xMode }, { size: 60 }],
+        axes: [{ label: state.xMode }, { values: Studio.axisValues, size: 60 }],
         series: [{ label: state.xMode }].concat(series.map((s) => ({
           label: `${s.name} (r=${s.rank})`, stroke: s.colour, width: 1.75, spanGaps: true,
           points: { show: points, size: 5, fill: s.colour },
@@ -242,7 +242,7 @@
         title,
         scales: { x: { time: false, distr: 3, log: base } },
         axes: [{ label: xLabel, values: (u, vals) => vals.map((v) => (v >= 1e6 ? (v / 1e6) + "M" : v >= 1e3 ? (v / 1e3) + "k" : v)) },
-               { label: yLabel, size: 60 }],
+               { label: yLabel, values: Studio.axisValues, size: 60 }],
         series: [{ label: xLabel }, {
           label: yLabel, stroke: "#4f46e5", width: 1.75,
           points: { show: true, size: 8, fill: "#4f46e5" }, value: (u, v) => fmtNum(v, 4),

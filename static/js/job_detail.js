@@ -5,6 +5,7 @@
 // the page has everything; points that arrive out of order wait in `pending` until the gap is filled,
 // and a gap that does not fill within GAP_WAIT_MS triggers a refetch from the API. After a (re)connect
 // the page sends {"type":"resume","after_seq":lastSeq}. Seq and step checks mean no point is drawn twice.
+// When an update says the job ended, the page swaps in its outcome (error, adapter) from /jobs/<id>/outcome.
 "use strict";
 (function () {
   const root = document.getElementById("job-page");
@@ -15,12 +16,14 @@
   const estimateBytes = Number(root.dataset.estimateBytes) || null;
   // What the memory points measure: on CPU the RSS growth over the process before the model loaded (the
   // ~300 MB of Python and libraries are left out, as the estimate leaves them out); on CUDA the allocator's.
+  // Known once a worker has the job, so a page opened while it was queued learns it from a state update.
   const MEMORY_LABELS = {
     rss_growth: { title: "Memory: RSS growth since before the model loaded", now: "RSS growth", peak: "peak RSS growth" },
     cuda: { title: "Memory (CUDA allocator)", now: "allocated", peak: "peak reserved" },
     "": { title: "Memory", now: "allocated", peak: "peak" },
   };
-  const memoryLabels = MEMORY_LABELS[root.dataset.memoryMeasure || ""] || MEMORY_LABELS[""];
+  let memoryMeasure = root.dataset.memoryMeasure || "";
+  const memoryLabels = () => MEMORY_LABELS[memoryMeasure] || MEMORY_LABELS[""];
   const TERMINAL = ["succeeded", "failed", "cancelled"];
   const MAX_DRAW = 4000;       // history points asked for (the API keeps bucket minima and maxima)
   const GAP_WAIT_MS = 1000;    // how long a hole in seq may stay open before refetching
@@ -144,7 +147,7 @@
       setTimeout(loadHistory, 3000);
       return;
     }
-    connect();
+    if (!TERMINAL.includes(state)) connect();  // an ended job sends nothing more
   }
 
   // ---------------------------------------------------------------------------------------- websocket
@@ -181,10 +184,12 @@
     };
   }
 
+  // The dot is on while the socket is open and the job can still change: an ended job has nothing live.
   function setLive(on) {
     const dot = $('[data-testid="live"]');
-    dot.textContent = on ? "live" : "offline";
-    dot.classList.toggle("on", on);
+    const ended = TERMINAL.includes(state);
+    dot.textContent = ended ? "ended" : on ? "live" : "offline";
+    dot.classList.toggle("on", on && !ended);
   }
 
   // ---------------------------------------------------------------------------------------- state & log
@@ -200,6 +205,9 @@
     $('[data-field="steps"]').textContent = `step ${job.current_step} / ${job.total_steps || "?"}`;
     $('[data-field="eta"]').textContent = TERMINAL.includes(job.state) ? "–" : Studio.formatDuration(job.eta_seconds);
     if (job.peak_memory_bytes) $('[data-field="peak"]').textContent = Studio.formatBytes(job.peak_memory_bytes);
+    if (typeof job.memory_measure === "string" && job.memory_measure && job.memory_measure !== memoryMeasure) {
+      setMemoryMeasure(job.memory_measure);
+    }
     const cancel = document.getElementById("cancel-form");
     if (cancel && (TERMINAL.includes(job.state) || job.cancel_requested)) {
       const button = cancel.querySelector("button");
@@ -207,14 +215,39 @@
       if (!TERMINAL.includes(job.state)) button.textContent = "Cancelling…";
       else cancel.hidden = true;
     }
-    if (TERMINAL.includes(job.state) && !TERMINAL.includes(state)) {
-      $('[data-field="finished"]').hidden = false;
-      fetchLog();
-    }
+    const ending = TERMINAL.includes(job.state) && !TERMINAL.includes(state);
     state = job.state;
+    if (ending) {
+      setLive(false);
+      fetchLog();
+      showOutcome();
+    }
     if (TERMINAL.includes(state) || stopped) quiet.forget(jobId);
     else quiet.watch(jobId);
     checkGap(job.last_seq);
+  }
+
+  // The job ended while the page was open: show what a reload would (its error, its adapter) without one, and
+  // drop the banners about what led here ("Job queued."). If that fails, the notice asks for a reload.
+  async function showOutcome() {
+    for (const banner of document.querySelectorAll(".messages")) banner.remove();
+    const box = document.getElementById("job-outcome");
+    try {
+      const response = await fetch(box.dataset.outcomeUrl, { credentials: "same-origin" });
+      // a redirect is the login page (the session ended): not something to show in the job's page
+      if (!response.ok || response.redirected) throw new Error(response.status + " " + response.statusText);
+      box.innerHTML = await response.text();
+    } catch (e) {
+      console.warn("loading the job's outcome failed", e);
+      $('[data-field="finished"]').hidden = false;
+    }
+  }
+
+  function setMemoryMeasure(measure) {
+    memoryMeasure = measure;
+    $('[data-field="peak-measure"]').textContent =
+      measure === "rss_growth" ? "(RSS growth since before the model loaded) " : "";
+    rebuildCharts();
   }
 
   function appendLog(items) {
@@ -245,6 +278,7 @@
 
   const charts = [];
   const fmtBytes = (u, v) => (v === null ? "–" : Studio.formatBytes(v));
+  const fmtValue = (u, v) => Studio.formatNumber(v);
 
   function xs() { return xMode === "step" ? train.step : train.tokens; }
 
@@ -271,10 +305,11 @@
     { id: "chart-lr", title: "Learning rate", series: [{ label: "learning rate", stroke: "#12805c", data: () => train.lr }] },
     { id: "chart-grad", title: "Grad norm (before clipping)", series: [{ label: "grad norm", stroke: "#b7791f", data: () => train.grad }] },
     { id: "chart-tps", title: "Tokens / s", series: [{ label: "tokens/s", stroke: "#2563eb", data: () => train.tps }] },
-    { id: "chart-mem", title: memoryLabels.title + (estimateBytes ? " (dashed: estimate " + Studio.formatBytes(estimateBytes) + ")" : ""),
+    { id: "chart-mem",
+      get title() { return memoryLabels().title + (estimateBytes ? " (dashed: estimate " + Studio.formatBytes(estimateBytes) + ")" : ""); },
       bytes: true, series: [
-        { label: memoryLabels.now, stroke: "#0891b2", data: () => train.alloc },
-        { label: memoryLabels.peak, stroke: "#7c3aed", data: () => train.peak },
+        { get label() { return memoryLabels().now; }, stroke: "#0891b2", data: () => train.alloc },
+        { get label() { return memoryLabels().peak; }, stroke: "#7c3aed", data: () => train.peak },
       ] },
   ];
 
@@ -283,7 +318,8 @@
   function buildCharts() {
     for (const spec of CHARTS) {
       const el = document.getElementById(spec.id);
-      const axisY = spec.bytes ? { values: (u, vals) => vals.map((v) => Studio.formatBytes(v)), size: 70 } : { size: 60 };
+      const axisY = spec.bytes ? { values: (u, vals) => vals.map((v) => Studio.formatBytes(v)), size: 70 }
+        : { values: Studio.axisValues, size: 60 };
       const yScale = spec.bytes && estimateBytes
         ? { range: (u, min, max) => [0, Math.max(max || 0, estimateBytes) * 1.08] } : {};
       const opts = Object.assign(chartSize(el), {
@@ -292,7 +328,7 @@
         axes: [{ label: xMode === "step" ? "step" : "tokens" }, axisY],
         series: [{ label: xMode }].concat(spec.series.map((s) => ({
           label: s.label, stroke: s.stroke, width: 1.5, spanGaps: !!s.spanGaps,
-          points: s.points || { show: false }, value: spec.bytes ? fmtBytes : undefined,
+          points: s.points || { show: false }, value: spec.bytes ? fmtBytes : fmtValue,
         }))),
         hooks: spec.bytes ? { draw: [estimateLine] } : {},
         cursor: { drag: { x: true, y: false } },
@@ -320,13 +356,17 @@
     $('[data-testid="last-loss"]').textContent = lastLoss === null ? "–" : lastLoss.toFixed(4);
   }
 
-  function setXMode(mode) {
-    xMode = mode;
-    for (const b of root.querySelectorAll(".toggle button")) b.setAttribute("aria-pressed", String(b.dataset.x === mode));
+  function rebuildCharts() {
     for (const { chart } of charts) chart.destroy();
     charts.length = 0;
     buildCharts();
     draw();
+  }
+
+  function setXMode(mode) {
+    xMode = mode;
+    for (const b of root.querySelectorAll(".toggle button")) b.setAttribute("aria-pressed", String(b.dataset.x === mode));
+    rebuildCharts();
   }
 
   root.querySelectorAll(".toggle button").forEach((b) => b.addEventListener("click", () => setXMode(b.dataset.x)));

@@ -9,6 +9,8 @@
   const params = box.querySelector('[data-field="estimate-params"]');
   const FIELDS = ["base_model", "rank", "targets", "use_dora", "quantization", "batch_size", "max_seq_len",
     "precision", "gradient_checkpointing"];
+  // Not form.dataset: a form's named controls shadow its properties, and this form has <select name="dataset">.
+  const estimateUrl = form.getAttribute("data-estimate-url");
   let timer = null, generation = 0;
 
   function value(name) {
@@ -29,7 +31,7 @@
     const mine = ++generation;
     status.textContent = "Estimating…";
     try {
-      const est = await Studio.api(form.dataset.estimateUrl + "?" + query.toString());
+      const est = await Studio.api(estimateUrl + "?" + query.toString());
       if (mine !== generation) return;  // a newer request is on its way
       for (const kind of ["full", "lora", "qlora"]) {
         const row = table.querySelector(`tr[data-kind="${kind}"]`);

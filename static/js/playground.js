@@ -155,7 +155,10 @@
     fillSettings(initial.settings);
     show(initial);
   } else {
-    renderAdapterChoices([]);
+    // /playground/?adapter=<id> (the job page's "Try in the playground"): that adapter on its base, ticked
+    const wanted = options.adapters.find((a) => a.id === new URLSearchParams(location.search).get("adapter"));
+    if (wanted) baseSelect.value = wanted.base_model;
+    renderAdapterChoices(wanted ? [wanted.id] : []);
     fillSettings(options.defaults);
   }
 })();

@@ -35,6 +35,36 @@ window.Studio = (function () {
     const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
     return h ? `${h}h ${m}m` : m ? `${m}m ${sec}s` : `${sec}s`;
   }
+  // A number with about four significant digits, small ones in exponent form (2e-4, not a bare "0").
+  function formatNumber(v) {
+    if (v === null || v === undefined || !isFinite(v)) return "–";
+    const abs = Math.abs(v);
+    if (abs === 0) return "0";
+    if (abs >= 1e-3 && abs < 1e9) return Number(v.toPrecision(4)).toLocaleString("en-US", { maximumFractionDigits: 20 });
+    return shortExponential(v, 3);
+  }
+  function shortExponential(v, digits) {
+    // 1.50e-4 -> 1.5e-4: trailing zeros of the mantissa and the exponent's "+" say nothing
+    const [mantissa, exponent] = v.toExponential(digits).split("e");
+    return mantissa.replace(/\.?0+$/, "") + "e" + exponent.replace("+", "");
+  }
+  // uPlot axis labels (axes[].values) with as many digits as tell the ticks apart. uPlot's own show at most
+  // three decimals, so a learning rate's axis (0 .. 2e-4) read "0" at every tick. Tiny ticks in exponent form.
+  function axisValues(u, splits, axisIdx, foundSpace, foundIncr) {
+    let incr = foundIncr;
+    if (!(incr > 0)) {
+      const gaps = splits.slice(1).map((v, i) => Math.abs(v - splits[i])).filter((d) => d > 0);
+      incr = gaps.length ? Math.min(...gaps) : 1;
+    }
+    const incrDigit = Math.floor(Math.log10(incr) + 1e-9);   // the decimal place the ticks step in
+    const decimals = Math.min(20, Math.max(0, -incrDigit));
+    const largest = Math.max(...splits.map((v) => Math.abs(v || 0)));
+    if (decimals <= 4 || largest >= 1e-3) {
+      return splits.map((v) => (v === null ? "" : v.toLocaleString("en-US", { maximumFractionDigits: decimals })));
+    }
+    const digits = Math.max(0, Math.floor(Math.log10(largest || incr) + 1e-9) - incrDigit);
+    return splits.map((v) => (v === null ? "" : v === 0 || Math.abs(v) < incr / 2 ? "0" : shortExponential(v, digits)));
+  }
   function wsUrl(path) {
     return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + path;
   }
@@ -70,5 +100,5 @@ window.Studio = (function () {
       forget(key) { watched.delete(key); },
     };
   }
-  return { cookie, api, formatBytes, formatDuration, wsUrl, reconnectDelay, quietWatch };
+  return { cookie, api, formatBytes, formatDuration, formatNumber, axisValues, wsUrl, reconnectDelay, quietWatch };
 })();

@@ -9,9 +9,11 @@ import pytest
 from tests.conftest import PASSWORD
 from tests.support.browser import log_in
 from tests.support.processes import start_asgi_server, wait_until
+from webapp.adapters.models import Adapter
 from webapp.jobs import events
+from webapp.jobs.models import Job
 
-from .jobs_factories import add_points, make_job
+from .jobs_factories import add_points, make_base_model, make_dataset, make_job, step_values
 
 # A loaded machine, made deterministic: every websocket the page opens connects a second late.
 SLOW_SOCKETS = """(() => {
@@ -161,5 +163,121 @@ def test_a_job_page_reads_a_silent_job_from_the_database(transactional_db, owner
 
         page.wait_for_function("document.querySelector('[data-testid=job-state]').textContent === 'Succeeded'")
         wait_until(lambda: train_points(page) == 20, timeout=5, message="the points stored meanwhile drawn")
+    finally:
+        server.stop()
+
+
+# What the page draws on its canvases (uPlot draws axis labels there, not in the DOM), by chart id.
+RECORD_CANVAS_TEXT = """(() => {
+  window.drawnText = {};
+  const fillText = CanvasRenderingContext2D.prototype.fillText;
+  CanvasRenderingContext2D.prototype.fillText = function (text, ...rest) {
+    const chart = this.canvas.closest(".chart");
+    if (chart) (window.drawnText[chart.id] = window.drawnText[chart.id] || []).push(String(text));
+    return fillText.call(this, text, ...rest);
+  };
+})();"""
+
+
+def warmup_values(step: int) -> dict:
+    """A train point whose learning rate warms up linearly to 2e-4 over 20 steps."""
+    return {**step_values(step), "learning_rate": 2e-4 * min(step, 20) / 20}
+
+
+@pytest.mark.browser
+@pytest.mark.stack
+def test_the_new_job_form_shows_a_memory_estimate(transactional_db, owner, page, tmp_path):
+    make_dataset(owner)
+    make_base_model(owner)  # the only one: the form chooses it, so the estimate is asked for at once
+    server, base_url = start_asgi_server(tmp_path)
+    asked: list[str] = []
+    try:
+        log_in(page, base_url, owner.username, PASSWORD)
+        page.on("request", lambda request: asked.append(request.url) if "estimate" in request.url else None)
+        page.goto(f"{base_url}/jobs/new/")
+        status = page.locator('[data-field="estimate-status"]')
+        wait_until(lambda: status.inner_text().startswith("Predicted peak memory"), timeout=15,
+                   message=f"the estimate (the page says: {status.inner_text()!r})")
+        assert page.get_by_test_id("estimate-lora").inner_text().endswith("B")
+        assert all(url.startswith(f"{base_url}/api/jobs/estimate?") for url in asked), asked
+    finally:
+        server.stop()
+
+
+@pytest.mark.browser
+@pytest.mark.stack
+def test_a_job_page_opened_while_queued_labels_its_charts_by_what_arrives(transactional_db, owner, page,
+                                                                          tmp_path):
+    """The memory readings' kind is known only once a worker has the job (its device); the learning rate's
+    axis shows values around 2e-4, not a column of zeros."""
+    job = make_job(owner, suffix="waiting", state="queued")
+    server, base_url = start_asgi_server(tmp_path)
+    try:
+        log_in(page, base_url, owner.username, PASSWORD)
+        page.add_init_script(RECORD_CANVAS_TEXT)
+        page.goto(f"{base_url}/jobs/{job.id}/")
+        page.wait_for_function("window.LoraStudioJob && window.LoraStudioJob.connections > 0")
+        assert page.locator("#chart-mem .u-title").inner_text().startswith("Memory (dashed")
+
+        job.state, job.device = "running", "cpu"  # a worker took it (webapp.jobs.leases.record_run_info)
+        job.save()
+        events.emit_state(job)
+        events.emit_metrics(job.id, add_points(job, range(1, 31), values=warmup_values))
+        wait_until(lambda: train_points(page) == 30, timeout=15, message="the points drawn")
+        mem_title = page.locator("#chart-mem .u-title")
+        wait_until(lambda: mem_title.inner_text().startswith("Memory: RSS growth since before the model loaded"),
+                   timeout=15, message=f"the memory chart relabelled (it says {mem_title.inner_text()!r})")
+        assert {"RSS growth", "peak RSS growth"} <= set(page.locator("#chart-mem .u-legend th").all_inner_texts())
+        assert page.locator('[data-field="peak-measure"]').inner_text().startswith("(RSS growth")
+
+        page.wait_for_function("(window.drawnText['chart-lr'] || []).some((t) => t === '0.0002' || t === '2e-4')")
+        drawn = set(page.evaluate("window.drawnText['chart-lr']"))
+        assert {"0.0001", "1e-4"} & drawn, drawn  # uPlot's own labels read "0" at every tick
+    finally:
+        server.stop()
+
+
+@pytest.mark.browser
+@pytest.mark.stack
+def test_a_job_page_shows_the_adapter_when_the_job_ends(transactional_db, owner, page, tmp_path):
+    """Launched from the form ("Job queued."), watched to the end: the page shows the finished job's adapter
+    without a reload, drops the banner and turns the live dot off."""
+    make_dataset(owner)
+    make_base_model(owner)
+    server, base_url = start_asgi_server(tmp_path)
+    try:
+        log_in(page, base_url, owner.username, PASSWORD)
+        page.goto(f"{base_url}/jobs/new/")
+        page.fill("input[name=suffix]", "watched-to-the-end")
+        page.click("#job-form button[type=submit]")
+        page.wait_for_url(lambda url: "/jobs/new/" not in url)
+        job = Job.objects.get(suffix="watched-to-the-end")
+        assert page.locator(".messages").inner_text() == "Job queued."
+        page.wait_for_function("window.LoraStudioJob && window.LoraStudioJob.connections > 0")
+        page.evaluate("window.notReloaded = true")
+
+        job.state, job.device = "running", "cpu"
+        job.save()
+        events.emit_state(job)
+        events.emit_metrics(job.id, add_points(job, range(1, 11)))
+        wait_until(lambda: train_points(page) == 10, timeout=15, message="the points drawn")
+        assert page.get_by_test_id("live").inner_text() == "live"
+
+        adapter = Adapter.objects.create(owner=owner, job=job, name="watched-adapter", storage_path="adapters/x",
+                                         base_model=job.base_model, rank=job.rank, alpha=job.alpha)
+        job.state, job.progress = "succeeded", 1.0  # webapp.jobs.actions.finish_job: adapter, then the state
+        job.save()
+        events.emit_state(job)
+        page.get_by_test_id("adapter-link").wait_for()
+        assert page.get_by_test_id("adapter-link").get_attribute("href") == f"/adapters/{adapter.id}/"
+        assert page.get_by_test_id("adapter-download").get_attribute("href") == f"/adapters/{adapter.id}/download"
+        assert page.locator(".messages").count() == 0
+        assert page.get_by_test_id("live").inner_text() == "ended"
+        assert "on" not in page.get_by_test_id("live").get_attribute("class").split()
+        assert page.evaluate("window.notReloaded === true")
+
+        page.get_by_test_id("adapter-playground").click()  # the playground opens with this adapter ticked
+        page.wait_for_url(lambda url: "/playground/" in url)
+        assert page.get_by_label("watched-adapter (r=8)").is_checked()
     finally:
         server.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
+from webapp.adapters.models import Adapter
 from webapp.jobs.models import Job
 
 from .jobs_factories import make_base_model, make_dataset, make_job
@@ -62,10 +63,10 @@ def test_detail_works(owner_client, job):
 
 
 @pytest.mark.parametrize(("device", "config_device", "measure", "label"), [
-    ("cpu", "auto", "rss_growth", "measured peak (RSS growth since before the model loaded)"),
-    ("", "cpu", "rss_growth", "measured peak (RSS growth since before the model loaded)"),
-    ("cuda:0 (NVIDIA A100)", "auto", "cuda", "measured peak <span"),
-    ("", "auto", "", "measured peak <span"),
+    ("cpu", "auto", "rss_growth", '"peak-measure">(RSS growth since before the model loaded) </span>'),
+    ("", "cpu", "rss_growth", '"peak-measure">(RSS growth since before the model loaded) </span>'),
+    ("cuda:0 (NVIDIA A100)", "auto", "cuda", '"peak-measure"></span>'),
+    ("", "auto", "", '"peak-measure"></span>'),
 ])
 def test_detail_says_what_the_memory_readings_measure(owner_client, job, device, config_device, measure, label):
     job.device, job.config = device, {**job.config, "device": config_device}
@@ -205,3 +206,62 @@ def test_oom_retry_only_for_oom_failures(owner_client, owner, stranger_client, j
     assert "micro-batch is already 1" in owner_client.get(f"/jobs/{tiny_batch.id}/").content.decode()
     assert stranger_client.post(f"/jobs/{tiny_batch.id}/retry-oom").status_code == 404
     assert Job.objects.count() == 2
+
+
+def make_trained_adapter(job: Job, name: str = "my-run-adapter") -> Adapter:
+    return Adapter.objects.create(owner=job.owner, job=job, name=name, storage_path="adapters/x",
+                                  base_model=job.base_model, rank=job.rank, alpha=job.alpha, size_bytes=2_000_000,
+                                  final_train_loss=1.2345)
+
+
+def adapter_links(adapter: Adapter) -> list[str]:
+    """The entry points a finished job's page offers: the adapter page, its download, merging, the playground."""
+    return [f'href="/adapters/{adapter.id}/"', f'href="/adapters/{adapter.id}/download"',
+            f'href="/adapters/{adapter.id}/#merges"', f'href="/playground/?adapter={adapter.id}"']
+
+
+def test_detail_links_a_succeeded_jobs_adapter(owner_client, owner):
+    job = make_job(owner, suffix="done-run", state=Job.State.SUCCEEDED)
+    adapter = make_trained_adapter(job)
+    page = owner_client.get(f"/jobs/{job.id}/").content.decode()
+    assert 'data-testid="job-adapter"' in page and "my-run-adapter" in page
+    for link in adapter_links(adapter):
+        assert link in page, link
+
+
+def test_detail_has_no_adapter_section_before_the_job_succeeds(owner_client, job):
+    make_trained_adapter(job)  # a retried run's adapter row, written before the job is marked succeeded
+    assert 'data-testid="job-adapter"' not in owner_client.get(f"/jobs/{job.id}/").content.decode()
+    job.state = Job.State.SUCCEEDED
+    job.save()
+    job.adapter.delete()
+    page = owner_client.get(f"/jobs/{job.id}/").content.decode()
+    assert 'data-testid="job-adapter"' not in page and "adapter has been deleted" in page
+
+
+def test_detail_renders_the_live_dot_off_for_an_ended_job(owner_client, owner, job):
+    assert '"live updates">offline</span>' in owner_client.get(f"/jobs/{job.id}/").content.decode()
+    ended = make_job(owner, state=Job.State.CANCELLED)
+    assert '"live updates">ended</span>' in owner_client.get(f"/jobs/{ended.id}/").content.decode()
+
+
+def test_outcome_works(owner_client, owner):
+    job = make_job(owner, suffix="done-run", state=Job.State.SUCCEEDED)
+    adapter = make_trained_adapter(job)
+    response = owner_client.get(f"/jobs/{job.id}/outcome")
+    assert response.status_code == 200
+    fragment = response.content.decode()
+    assert "<html" not in fragment and 'data-testid="job-adapter"' in fragment
+    for link in adapter_links(adapter):
+        assert link in fragment, link
+    failed = _oom_job(owner, batch_size=8)
+    fragment = owner_client.get(f"/jobs/{failed.id}/outcome").content.decode()
+    assert "Training ran out of GPU memory" in fragment and "Retry with half the micro-batch" in fragment
+
+
+def test_outcome_validates_ownership(stranger_client, staff_client, owner):
+    job = make_job(owner, state=Job.State.SUCCEEDED)
+    make_trained_adapter(job)
+    assert stranger_client.get(f"/jobs/{job.id}/outcome").status_code == 404
+    assert Client().get(f"/jobs/{job.id}/outcome").status_code == 302  # to the login page
+    assert 'data-testid="job-adapter"' in staff_client.get(f"/jobs/{job.id}/outcome").content.decode()

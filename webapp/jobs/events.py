@@ -34,6 +34,8 @@ from typing import Any
 
 from django.db import transaction
 
+from .estimates import memory_measure
+
 logger = logging.getLogger(__name__)
 
 STAFF_GROUP = "jobs-staff"
@@ -98,6 +100,8 @@ def job_state(job) -> dict[str, Any]:
         "tokens_seen": job.tokens_seen,
         "error_message": job.error_message,
         "peak_memory_bytes": job.peak_memory_bytes,
+        # known once a worker has the job: a page opened while it was queued relabels its memory chart
+        "memory_measure": memory_measure(job),
         "estimated_memory_bytes": estimate.get("selected_total"),
         "last_seq": job.last_seq,
         "cancel_requested": job.cancel_requested,

@@ -1,4 +1,5 @@
-"""Job pages: list, new (and "launch again with changes"), detail with live charts, cancel, OOM retry.
+"""Job pages: list, new (and "launch again with changes"), detail with live charts and its outcome, cancel,
+OOM retry.
 
 Thin: the form parses, ``webapp.jobs.actions`` (create_job, cancel_job) change state.
 """
@@ -10,8 +11,9 @@ from typing import Any
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from webapp.adapters.models import Adapter
 from webapp.lib.owned import get_owned_or_404
 
 from .actions import JobRejected, cancel_job, create_job, delete_job
@@ -43,6 +45,20 @@ def oom_retry_settings(job: Job) -> dict[str, Any] | None:
     settings["batch_size"] = batch_size // 2
     settings["grad_accum"] = int(settings.get("grad_accum") or 1) * 2
     return settings
+
+
+def trained_adapter(job: Job, user) -> Adapter | None:
+    """The adapter a succeeded job registered, if it still exists and ``user`` may see it."""
+    if job.state != Job.State.SUCCEEDED:
+        return None
+    return Adapter.objects.visible_to(user).filter(job=job).first()
+
+
+def _outcome_context(request: HttpRequest, job: Job) -> dict[str, Any]:
+    """What jobs/_outcome.html shows: the error and OOM help of a failed job, the adapter of a succeeded one."""
+    oom = failed_out_of_memory(job)
+    return {"job": job, "oom": oom, "oom_retry": oom_retry_settings(job) if oom else None,
+            "adapter": trained_adapter(job, request.user)}
 
 
 def job_list(request: HttpRequest) -> HttpResponse:
@@ -85,15 +101,20 @@ def job_detail(request: HttpRequest, job_id) -> HttpResponse:
     job = get_owned_or_404(_jobs(request), request.user, pk=job_id)
     log_tail = list(job.events.order_by("-id")[:LOG_TAIL])[::-1]
     context = {
-        "job": job,
+        **_outcome_context(request, job),
         "config": job.config or {},
         "log_tail": log_tail,
         "estimate_bytes": (job.memory_estimate or {}).get("selected_total"),
         "memory_measure": memory_measure(job),
-        "oom": failed_out_of_memory(job),
-        "oom_retry": oom_retry_settings(job) if failed_out_of_memory(job) else None,
     }
     return render(request, "jobs/detail.html", context)
+
+
+@require_GET
+def job_outcome(request: HttpRequest, job_id) -> HttpResponse:
+    """The job page's outcome section alone: the page swaps it in when a live update says the job ended."""
+    job = get_owned_or_404(_jobs(request), request.user, pk=job_id)
+    return render(request, "jobs/_outcome.html", _outcome_context(request, job))
 
 
 @require_POST
