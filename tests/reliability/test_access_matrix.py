@@ -65,6 +65,7 @@ ROUTES: dict[str, Route] = {
     "jobs/<uuid:job_id>/": Route(PAGE, "job"),
     "jobs/<uuid:job_id>/cancel": Route(PAGE, "job"),
     "jobs/<uuid:job_id>/delete": Route(PAGE, "job"),
+    "jobs/<uuid:job_id>/outcome": Route(PAGE, "job"),
     "jobs/<uuid:job_id>/retry-oom": Route(PAGE, "job"),
     "adapters/": Route(PAGE),
     "adapters/upload/": Route(PAGE),
