@@ -23,7 +23,7 @@ from lora_engine.schedule import LRSchedule
 from lora_engine.session import setup_session
 from lora_engine.tiny import build_tiny_model
 
-from ._trainer_helpers import Recorder, make_model_dir, run_config, write_text_jsonl
+from ._trainer_helpers import SENTENCE, Recorder, make_model_dir, run_config, write_text_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +146,18 @@ def test_nan_loss_raises_training_diverged(model_dir, data_path, tmp_path, monke
     monkeypatch.setattr(trainer_mod, "causal_lm_loss_sum", nan_loss)
     with pytest.raises(TrainingDiverged, match="learning rate"):
         train(run_config(model_dir, data_path, tmp_path / "out", max_steps=3))
+
+
+def test_a_sequence_length_beyond_the_models_positions_is_a_clear_error(tmp_path):
+    """GPT-2 has learned positions: rows past n_positions failed mid-run with an IndexError before."""
+    from lora_engine.errors import ConfigError
+    from lora_engine.tiny import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "gpt2-16", arch="gpt2", hidden_size=32, layers=1, heads=4, max_positions=16)
+    data_path = write_text_jsonl(tmp_path / "train.jsonl", rows=4, text=" ".join([SENTENCE] * 4))
+    config = run_config(model_dir, data_path, tmp_path / "out", max_steps=1, targets=("c_attn",))
+    with pytest.raises(ConfigError, match=r"max_seq_len 32 .*16 positions.*n_positions.*at most 16"):
+        train(config)
 
 
 def test_out_of_memory_names_what_to_lower(model_dir, data_path, tmp_path, monkeypatch):
