@@ -1,20 +1,26 @@
 """A model's layer structure from its config alone: built on the meta device, no weights, no memory.
 
-Lets the web app check target modules and ranks before a job is queued, and check an uploaded adapter's
-shapes against a base model, without loading the base model.
+Lets the web app check target modules, ranks and the sequence length before a job is queued, and check an
+uploaded adapter's shapes against a base model, without loading the base model.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import lru_cache
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
-from .errors import ModelLoadError
+from .errors import ConfigError, ModelLoadError
+
+# The config.json fields that declare how many positions a model takes, by the families that use them.
+POSITION_LIMIT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx",
+                         "max_seq_len")
 
 
 def meta_model(config: dict) -> nn.Module:
@@ -53,3 +59,54 @@ def _linear_shapes(config_json: str) -> dict[str, tuple[int, int]]:
 def linear_layer_shapes(config: dict) -> dict[str, tuple[int, int]]:
     """``{dotted module name: (in_features, out_features)}`` for every linear layer but the output head."""
     return dict(_linear_shapes(json.dumps(config, sort_keys=True)))
+
+
+def max_positions(config: Mapping[str, Any]) -> tuple[int, str] | None:
+    """The longest sequence a model declares it takes, and the config field that says so.
+
+    The first positive integer among :data:`POSITION_LIMIT_FIELDS` (also looked for in a nested
+    ``text_config``). A model with learned position embeddings (GPT-2's ``n_positions``) cannot go past it at
+    all: a longer row indexes past the embedding table. A model with rotary embeddings could run longer, but
+    only what it was trained on is reliable, and this engine applies no rope scaling of its own (a model whose
+    config carries ``rope_scaling`` already declares its extended length in the same field), so the declared
+    value is the limit for both kinds. A config declaring none of these fields has no known limit.
+
+    Args:
+        config: a ``config.json`` dict (or a transformers ``PretrainedConfig``'s ``to_dict()``).
+
+    Returns:
+        ``(limit, field name)``, or None when the config declares no limit.
+    """
+    for source in (config, config.get("text_config")):
+        if not isinstance(source, Mapping):
+            continue
+        for field in POSITION_LIMIT_FIELDS:
+            value = source.get(field)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value, field
+    return None
+
+
+def sequence_length_problem(config: Mapping[str, Any], max_seq_len: int,
+                            model_name: str = "the base model") -> str | None:
+    """Why ``max_seq_len`` is too long for the model ``config`` describes, or None when it fits.
+
+    The message starts with ``max_seq_len`` (callers map a problem to the setting it names).
+    """
+    limit = max_positions(config)
+    if limit is None or max_seq_len <= limit[0]:
+        return None
+    positions, field = limit
+    return (f"max_seq_len {max_seq_len} is longer than {model_name} takes ({positions} positions, its config's "
+            f"{field}); choose a sequence length of at most {positions}")
+
+
+def check_sequence_length(config: Mapping[str, Any], max_seq_len: int, model_name: str = "the base model") -> None:
+    """Raise a clear error before training when rows could be longer than the model takes.
+
+    Raises:
+        ConfigError: ``max_seq_len`` is beyond the model's declared maximum (see :func:`max_positions`).
+    """
+    problem = sequence_length_problem(config, max_seq_len, model_name)
+    if problem is not None:
+        raise ConfigError([problem])

@@ -27,6 +27,25 @@ class RunInfo:
     eval_rows: int
     device: str
     estimated_peak_bytes: int | None = None
+    rows: int = 0
+    """Usable rows read (train + eval files), before any was dropped."""
+    skipped_rows: int = 0
+    """Rows left out of training: after cutting to ``max_seq_len`` no answer token was left to learn from."""
+    max_seq_len: int = 0
+
+    @property
+    def skipped_rows_warning(self) -> str | None:
+        """What people should know about rows left out of training (None when every row is used).
+
+        The engine drops a row whose prompt fills the whole window (nothing left to learn from) rather than
+        fail the run; only when every row is dropped does data preparation fail.
+        """
+        if not self.skipped_rows:
+            return None
+        share = self.skipped_rows / max(1, self.rows)
+        return (f"{self.skipped_rows} of {self.rows} rows ({share:.0%}) were left out of training: cut to "
+                f"max_seq_len {self.max_seq_len} tokens, their prompt leaves no answer token to learn from. To "
+                "train on them, raise max_seq_len (up to what the model takes) or shorten those prompts.")
 
 
 @dataclass(frozen=True)
@@ -123,6 +142,11 @@ class ProgressPrinter(Callback):
 
     def __init__(self, stream=None):
         self.stream = stream or sys.stderr
+
+    def on_train_start(self, info: RunInfo) -> None:
+        if info.skipped_rows_warning:
+            self.stream.write(f"warning: {info.skipped_rows_warning}\n")
+            self.stream.flush()
 
     def on_step(self, m: StepMetrics) -> None:
         width = 30

@@ -160,7 +160,12 @@ def build_report(model: nn.Module) -> InjectionReport:
 
 
 def wrap_layers(model: nn.Module, names: list[str], lora: LoraConfig) -> None:
-    """Wrap the named linear layers in place with LoRA (or DoRA) layers built from ``lora``."""
+    """Wrap the named linear layers in place with LoRA (or DoRA) layers built from ``lora``.
+
+    Each new layer takes the train/eval mode of the layer it wraps: a fresh ``nn.Module`` starts in training
+    mode, so without this an adapter loaded into an eval-mode model would run its LoRA dropout at inference
+    (and every forward would give different logits).
+    """
     from .dora import DoRALinear
 
     layer_class = DoRALinear if lora.use_dora else LoRALinear
@@ -168,6 +173,7 @@ def wrap_layers(model: nn.Module, names: list[str], lora: LoraConfig) -> None:
     for name in names:
         base = model.get_submodule(name)
         wrapped = layer_class(base, lora.rank, lora.alpha, dropout=lora.dropout, use_rslora=lora.use_rslora)
+        wrapped.train(base.training)
         _replace_module(model, name, wrapped)
 
 

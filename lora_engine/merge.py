@@ -295,6 +295,7 @@ def verify_merge(
 
     base = load(resolve_model_dir(model))
     load_adapter(base, adapter_dir)
+    base.eval()  # again after loading: the adapter's layers (and their dropout) must be in eval mode too
     merged = load(merged_dir)
     if sample_ids is None:
         generator = torch.Generator().manual_seed(0)

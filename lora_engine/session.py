@@ -138,7 +138,9 @@ def setup_session(config: RunConfig) -> Session:
 
     Raises:
         DataError, ModelLoadError, TargetModulesError: from the data, model and injection steps.
+        ConfigError: ``max_seq_len`` is longer than the model takes.
     """
+    from .architecture import check_sequence_length
     from .data import prepare_data
     from .device import memory_baseline, reset_peak_memory, resolve_device
     from .inject import inject_lora
@@ -152,6 +154,8 @@ def setup_session(config: RunConfig) -> Session:
     if not data.train:
         raise DataError([], "there are no training rows after preparing the data; add rows or lower eval_fraction")
     model = _load_model(config, device)
+    # rows longer than the model's position table would fail mid-run with an IndexError: say so now instead
+    check_sequence_length(model.config.to_dict(), config.data.max_seq_len, config.model)
     report = inject_lora(model, config.lora)
     params = [p for p in model.parameters() if p.requires_grad]
     t = config.train

@@ -142,6 +142,7 @@ def _train(config: RunConfig, callbacks: list[TrainingCallback]) -> TrainResult:
         total_steps=s.total_steps, start_step=start_step, trainable_params=s.report.trainable_params,
         total_params=s.report.total_params, adapter_bytes=s.report.adapter_bytes, train_rows=len(s.data.train),
         eval_rows=len(s.data.eval), device=str(s.device), estimated_peak_bytes=s.estimated_peak_bytes,
+        rows=s.data.rows, skipped_rows=s.data.skipped_rows, max_seq_len=config.data.max_seq_len,
     ))
     stopped_early, last_checkpoint = _run_loop(s, state, callbacks)
     return _finish(s, state, callbacks, start_step, stopped_early, last_checkpoint)

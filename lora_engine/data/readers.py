@@ -154,7 +154,12 @@ def _jsonl_items(fh: IO[bytes], sniffed: Sniffed) -> Iterator[Item]:
 
 
 def _jsonl_line(number: int, line: bytes | str) -> Item | None:
-    """The precise reading of one line (None for a blank line): every message about a bad line comes from here."""
+    """The precise reading of one line (None for a blank line): every message about a bad line comes from here.
+
+    The line ending is cut first: a value cut short at the end of the line is otherwise reported past the
+    newline, as column 1 of a line that does not exist.
+    """
+    line = line.rstrip(b"\r\n" if isinstance(line, bytes) else "\r\n")
     try:
         value = json.loads(line)
     except RecursionError:  # the parser recurses per level: this line nests far too deeply for anything

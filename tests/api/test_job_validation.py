@@ -123,6 +123,19 @@ def test_a_rank_larger_than_the_layer(api, good):
     assert_rejected(create(api, {**good, "lora": {"rank": 65}}), "lora.rank", "rank")
 
 
+def test_a_sequence_length_beyond_the_models_positions(api, good, owner, tmp_path):
+    """GPT-2 cannot take rows past n_positions: refused at launch, not an IndexError in the worker."""
+    from lora_engine.tiny import save_tiny_model
+    from webapp.basemodels.actions import register_local_model
+
+    register_local_model(owner, "tiny-gpt2", str(save_tiny_model(tmp_path / "gpt2", arch="gpt2")), public=True)
+    body = {**good, "model": "tiny-gpt2", "lora": {"targets": ["c_attn"]}}
+    error = assert_rejected(create(api, {**body, "settings": {"max_seq_len": 2048}}), "settings.max_seq_len",
+                            "max_seq_len 2048", "512 positions", "n_positions", "at most 512")
+    assert "tiny-gpt2" in error["message"]
+    assert create(api, {**body, "settings": {"max_seq_len": 512}}).status_code == 200
+
+
 def test_other_fields(api, good):
     assert_rejected(create(api, {**good, "epochs": 3}), "epochs", "Unrecognized request argument")
     assert_rejected(create(api, {**good, "suffix": "x" * 65}), "suffix", "64")

@@ -106,6 +106,18 @@ def test_we_load_adapters_saved_by_peft(arch, tmp_path):
     torch.testing.assert_close(logits(model, ids), logits(reference, ids), rtol=1e-5, atol=1e-5)
 
 
+def test_an_adapter_loaded_into_an_eval_model_answers_deterministically(tiny_model_dir, tmp_path):
+    """Loading must not leave the new LoRA layers (and their dropout) in training mode."""
+    lora = LoraConfig(rank=4, alpha=8, dropout=0.5, targets=("c_attn", "c_fc"))
+    model, adapter_dir = trained_adapter(tiny_model_dir("gpt2"), tmp_path / "adapter", lora)
+    reloaded = load_base_model(str(tiny_model_dir("gpt2")), QuantConfig(), CPU)  # in eval mode
+    load_adapter(reloaded, adapter_dir)
+    assert [name for name, module in reloaded.named_modules() if module.training] == []
+    ids = sample_ids()
+    torch.testing.assert_close(logits(reloaded, ids), logits(reloaded, ids), rtol=0, atol=0)
+    torch.testing.assert_close(logits(reloaded, ids), logits(model.eval(), ids), rtol=1e-5, atol=1e-5)
+
+
 @torch.no_grad()
 def randomize_adapters_peft(model) -> None:
     generator = torch.Generator().manual_seed(5)

@@ -99,6 +99,19 @@ def test_malformed_jsonl_line_and_non_object_keep_going(tmp_path):
         _records(path)
 
 
+@pytest.mark.parametrize(("ending", "encoding"), [("\n", "utf-8"), ("\r\n", "utf-8"), ("", "utf-8"),
+                                                 ("\n", "utf-16"), ("\n", "latin-1")])
+def test_a_line_cut_short_is_reported_at_its_last_column(tmp_path, ending, encoding):
+    """Not past its line ending ("column 1"): the 30-character line ends where the value is missing."""
+    path = tmp_path / "d.jsonl"
+    first = '{"text": "caf\u00e9"}' if encoding == "latin-1" else '{"text": "a"}'  # latin-1: not valid UTF-8
+    truncated = '{"instruction":"e", "output": '
+    path.write_bytes(f"{first}\n{truncated}{ending}".encode(encoding))
+    problem = list(iter_items(path))[-1].problem
+    assert problem is not None and problem.line == 2
+    assert problem.message.startswith(f"malformed JSON at column {len(truncated) + 1}:"), problem.message
+
+
 def test_utf8_bom_is_accepted(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_bytes(codecs.BOM_UTF8 + b'{"text": "a"}\n')

@@ -246,6 +246,31 @@ def test_verify_merge_reports_the_logit_difference(bases, adapters, tmp_path):
     assert verify_merge(str(bases["gpt2"]), wrong, tmp_path / "merged") > 1e-2
 
 
+def test_verify_merge_is_exact_for_an_adapter_trained_with_dropout(bases, tmp_path):
+    """LoRA dropout must be off in the reference forward: with it on, the check reported ~1e-2 of noise."""
+    from lora_engine.adapter_io import save_adapter
+    from lora_engine.config import LoraConfig
+    from lora_engine.inject import inject_lora, lora_layers
+
+    model = load_model(bases["gpt2"])
+    lora = LoraConfig(rank=4, alpha=8.0, dropout=0.5, targets=tuple(TARGETS["gpt2"]))
+    inject_lora(model, lora)
+    torch.manual_seed(0)
+    with torch.no_grad():  # as if trained: B away from zero
+        for layer in lora_layers(model).values():
+            layer.lora_B.normal_(0, 0.1)
+    save_adapter(model, lora, tmp_path / "adapter", str(bases["gpt2"]))
+    merge_adapter(str(bases["gpt2"]), tmp_path / "adapter", tmp_path / "merged")
+
+    assert verify_merge(str(bases["gpt2"]), tmp_path / "adapter", tmp_path / "merged") < 1e-5
+    # a deliberately broken merge (one adapted weight off by a small random error) is still caught
+    weights = load_file(str(tmp_path / "merged" / "model.safetensors"))
+    broken = weights["transformer.h.0.attn.c_attn.weight"]
+    broken += 0.01 * torch.randn(broken.shape, generator=torch.Generator().manual_seed(3))
+    save_file(weights, str(tmp_path / "merged" / "model.safetensors"), metadata={"format": "pt"})
+    assert verify_merge(str(bases["gpt2"]), tmp_path / "adapter", tmp_path / "merged") > 1e-3
+
+
 @pytest.mark.slow
 def test_peak_memory_is_far_below_peft_merge_and_save(tmp_path):
     """Each side runs in a fresh interpreter; compare the RSS growth during the merge."""

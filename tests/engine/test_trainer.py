@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import replace
@@ -16,6 +17,7 @@ from transformers import AutoModelForCausalLM
 from lora_engine import RunConfig, train
 from lora_engine import loss as loss_mod
 from lora_engine import trainer as trainer_mod
+from lora_engine.callbacks import ProgressPrinter
 from lora_engine.checkpoint import COMPLETE_MARKER, latest_checkpoint
 from lora_engine.errors import TrainingDiverged, TrainingOutOfMemory
 from lora_engine.loss import causal_lm_loss_sum, make_loss_batch
@@ -23,7 +25,7 @@ from lora_engine.schedule import LRSchedule
 from lora_engine.session import setup_session
 from lora_engine.tiny import build_tiny_model
 
-from ._trainer_helpers import Recorder, make_model_dir, run_config, write_text_jsonl
+from ._trainer_helpers import SENTENCE, Recorder, make_model_dir, run_config, write_text_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +148,49 @@ def test_nan_loss_raises_training_diverged(model_dir, data_path, tmp_path, monke
     monkeypatch.setattr(trainer_mod, "causal_lm_loss_sum", nan_loss)
     with pytest.raises(TrainingDiverged, match="learning rate"):
         train(run_config(model_dir, data_path, tmp_path / "out", max_steps=3))
+
+
+def test_a_sequence_length_beyond_the_models_positions_is_a_clear_error(tmp_path):
+    """GPT-2 has learned positions: rows past n_positions failed mid-run with an IndexError before."""
+    from lora_engine.errors import ConfigError
+    from lora_engine.tiny import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "gpt2-16", arch="gpt2", hidden_size=32, layers=1, heads=4, max_positions=16)
+    data_path = write_text_jsonl(tmp_path / "train.jsonl", rows=4, text=" ".join([SENTENCE] * 4))
+    config = run_config(model_dir, data_path, tmp_path / "out", max_steps=1, targets=("c_attn",))
+    with pytest.raises(ConfigError, match=r"max_seq_len 32 .*16 positions.*n_positions.*at most 16"):
+        train(config)
+
+
+def _alpaca(path, short: int, long: int):
+    rows = [{"instruction": "Say hi.", "input": "", "output": "Hi."}] * short
+    rows += [{"instruction": " ".join([SENTENCE] * 6), "input": "", "output": "Yes."}] * long
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_rows_left_out_of_training_are_reported_before_the_first_step(model_dir, tmp_path):
+    """A prompt that fills the window leaves nothing to learn: the row is dropped, and the run says so."""
+    data = _alpaca(tmp_path / "alpaca.json", short=5, long=3)
+    recorder = Recorder()
+    train(run_config(model_dir, data, tmp_path / "out", max_steps=1), [recorder])
+    info = recorder.info
+    assert (info.rows, info.skipped_rows, info.train_rows, info.max_seq_len) == (8, 3, 5, 32)
+    warning = info.skipped_rows_warning
+    assert warning.startswith("3 of 8 rows (38%) were left out of training") and "max_seq_len 32" in warning
+    assert "raise max_seq_len" in warning and "shorten those prompts" in warning
+    printed = io.StringIO()  # the CLI says it too
+    ProgressPrinter(printed).on_train_start(info)
+    assert printed.getvalue() == f"warning: {warning}\n"
+
+
+def test_a_run_whose_every_row_is_dropped_fails_saying_what_to_change(model_dir, tmp_path):
+    from lora_engine.errors import DataError
+
+    data = _alpaca(tmp_path / "alpaca.json", short=0, long=4)
+    with pytest.raises(DataError, match="every row of the training file has its answer cut off by max_seq_len=32; "
+                                        "raise max_seq_len or shorten the prompts"):
+        train(run_config(model_dir, data, tmp_path / "out", max_steps=1))
 
 
 def test_out_of_memory_names_what_to_lower(model_dir, data_path, tmp_path, monkeypatch):

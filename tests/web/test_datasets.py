@@ -59,6 +59,15 @@ def test_the_plain_form_uploads_too(owner_client):
     assert stored_dataset_files() == [dataset.storage_path.removeprefix("datasets/")]
 
 
+def test_a_line_cut_short_is_refused_naming_its_line_and_column(owner_client):
+    content = b'{"instruction": "a", "output": "b"}\n{"instruction":"e", "output": \n'
+    response = owner_client.post("/datasets/upload/", {"file": SimpleUploadedFile("cut.jsonl", content),
+                                                       "format": "auto"})
+    assert response.status_code == 400
+    assert "line 2: malformed JSON at column 31" in response.content.decode()
+    assert not Dataset.objects.exists()
+
+
 def test_a_big_form_upload_is_moved_not_copied(owner_client, settings, monkeypatch):
     """Over FILE_UPLOAD_MAX_MEMORY_SIZE Django spools to a temp file, which is moved into DATA_DIR."""
     import webapp.datasets.actions as actions

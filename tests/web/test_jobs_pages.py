@@ -129,6 +129,21 @@ def test_new_form_shows_problems_and_stores_nothing(owner_client, owner):
     assert Job.objects.count() == 0
 
 
+def test_new_form_refuses_a_sequence_length_beyond_the_models(owner_client, owner):
+    dataset, base_model = make_dataset(owner), make_base_model(owner)  # max_position_embeddings 512
+    form = {"dataset": dataset.id, "base_model": base_model.id, "rank": 8, "alpha": 16, "dropout": 0.0,
+            "targets": "q_proj", "quantization": "none", "learning_rate": 1e-3, "schedule": "cosine",
+            "warmup_steps": 0, "epochs": 1, "batch_size": 2, "grad_accum": 1, "max_seq_len": 2048,
+            "eval_fraction": 0, "eval_every": 0, "save_every": 0, "seed": 1, "precision": "fp32"}
+    response = owner_client.post("/jobs/new/", form)
+    assert response.status_code == 400
+    assert response.context["form"].errors["max_seq_len"] == [
+        "max_seq_len 2048 is longer than tiny-llama takes (512 positions, its config's max_position_embeddings); "
+        "choose a sequence length of at most 512"]
+    assert "at most 512" in response.content.decode()
+    assert Job.objects.count() == 0
+
+
 def test_new_form_offers_only_visible_records(owner_client, owner, stranger):
     theirs = make_dataset(stranger, name="secret.jsonl")
     mine = make_base_model(owner)

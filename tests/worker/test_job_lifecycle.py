@@ -8,12 +8,13 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from lora_engine.callbacks import RunInfo
 from lora_engine.config import RunConfig
 from lora_engine.errors import TrainingOutOfMemory
 from tests.conftest import make_user
 from tests.worker.conftest import TINY_RUN
 from webapp.jobs.actions import JobRejected, cancel_job, create_job
-from webapp.jobs.leases import cancel_flag, claim_job, record_metric_points, renew_lease
+from webapp.jobs.leases import cancel_flag, claim_job, record_metric_points, record_run_info, renew_lease
 from webapp.jobs.models import Job, JobEvent, MetricPoint
 from webapp.jobs.reaper import reap_expired_leases
 from worker.errors import describe_failure
@@ -134,6 +135,29 @@ def test_the_reaper_finishes_cancelling_a_dead_workers_job(job):
     expire(job)
 
     assert reap_expired_leases() == {job.pk: "cancelled"}
+
+
+def _run_info(**fields) -> RunInfo:
+    return RunInfo(**{"total_steps": 10, "start_step": 0, "trainable_params": 1, "total_params": 2,
+                      "adapter_bytes": 4, "train_rows": 615, "eval_rows": 0, "device": "cpu", **fields})
+
+
+def test_rows_dropped_from_training_are_a_warning_on_the_job_page(job, owner_client):
+    lease = claim_job(job.pk, "w1")
+    record_run_info(lease, _run_info(rows=999, skipped_rows=384, max_seq_len=64), "cpu")
+
+    warning = JobEvent.objects.get(job=job, level="warning")
+    assert warning.message.startswith("384 of 999 rows (38%) were left out of training")
+    assert "max_seq_len 64" in warning.message and "raise max_seq_len" in warning.message
+    assert warning.data == {"skipped_rows": 384, "rows": 999, "max_seq_len": 64}
+    page = owner_client.get(f"/jobs/{job.id}/").content.decode()
+    assert 'class="log-warning"' in page and "384 of 999 rows (38%)" in page
+
+
+def test_no_warning_when_every_row_is_trained_on(job):
+    record_run_info(claim_job(job.pk, "w1"), _run_info(rows=615, skipped_rows=0, max_seq_len=64), "cpu")
+    assert JobEvent.objects.filter(job=job, message__startswith="Training started").exists()
+    assert not JobEvent.objects.filter(job=job, level="warning").exists()
 
 
 def test_out_of_memory_failures_tell_people_what_to_lower(job):

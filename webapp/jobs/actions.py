@@ -135,7 +135,8 @@ def create_job(owner, dataset: Dataset, base_model: BaseModel, settings: dict[st
 
     Raises:
         JobRejected: every problem (unknown setting, bad value, unknown target module, rank larger than a
-            layer, an invisible data set or model), with ``param`` naming the first.
+            layer, a sequence length beyond the model's, an invisible data set or model), with ``param`` naming
+            the first.
     """
     _check_visible(owner, dataset, base_model, validation_dataset, sweep)
     suffix = (suffix or "").strip()
@@ -152,7 +153,8 @@ def create_job(owner, dataset: Dataset, base_model: BaseModel, settings: dict[st
         trust_remote_code=base_model.trust_remote_code, data_format=dataset.format or "auto",
     )
     engine_problems = [(param_for_problem(p), p) for p in config.problems()]
-    engine_problems += architecture_problems(base_model.config, config.lora, base_model.name)
+    engine_problems += architecture_problems(base_model.config, config.lora, base_model.name,
+                                             max_seq_len=config.data.max_seq_len)
     if engine_problems:
         raise _reject(engine_problems)
     with transaction.atomic():

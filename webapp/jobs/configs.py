@@ -214,26 +214,30 @@ def _matches(name: str, target: str) -> bool:
     return False
 
 
-def architecture_problems(model_config: Mapping[str, Any], lora: LoraConfig,
-                          model_name: str = "the base model") -> list[tuple[str, str]]:
-    """Targets that match no linear layer, and a rank larger than a targeted layer allows.
+def architecture_problems(model_config: Mapping[str, Any], lora: LoraConfig, model_name: str = "the base model",
+                          max_seq_len: int | None = None) -> list[tuple[str, str]]:
+    """A sequence length beyond the model's, targets that match no linear layer, a rank larger than a layer allows.
 
-    The layers come from the base model's config.json, built on the meta device (no weights are loaded).
-    A model whose architecture cannot be built from its config is not checked here (the worker reports it).
+    Everything comes from the base model's config.json: the position limit it declares (see
+    :func:`lora_engine.architecture.max_positions`), and the layers, built on the meta device (no weights are
+    loaded). A model whose architecture cannot be built from its config has its layers checked by the worker.
 
     Returns:
         (setting name, message) pairs.
     """
     if not model_config:
         return []
-    from lora_engine.architecture import linear_layer_shapes
+    from lora_engine.architecture import linear_layer_shapes, sequence_length_problem
     from lora_engine.errors import ModelLoadError
 
+    problems: list[tuple[str, str]] = []
+    too_long = None if max_seq_len is None else sequence_length_problem(model_config, max_seq_len, model_name)
+    if too_long is not None:
+        problems.append(("max_seq_len", too_long))
     try:
         shapes = linear_layer_shapes(dict(model_config))
     except (ModelLoadError, ValueError, TypeError, KeyError, ImportError):
-        return []
-    problems: list[tuple[str, str]] = []
+        return problems
     if "all-linear" in lora.targets:
         targeted = list(shapes)
     else:

@@ -64,6 +64,10 @@ def record_run_info(lease: Lease, info: Any, device_name: str) -> Job | None:
             add_event(job, f"Training started: {info.total_steps} steps, {info.train_rows} training rows, "
                            f"{info.trainable_params:,} trainable parameters on {device_name}.",
                       start_step=0, attempt=lease.attempt)
+            warning = info.skipped_rows_warning
+            if warning:  # rows silently missing from training would look like a data set that trains badly
+                add_event(job, warning, level="warning", skipped_rows=info.skipped_rows, rows=info.rows,
+                          max_seq_len=info.max_seq_len)
         emit_state_on_commit(job)
     return job
 
