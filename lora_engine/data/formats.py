@@ -314,7 +314,8 @@ def check_turn_order(turns: list[Turn], key: str, line: int | None, problems: li
         if turn.role == "system":
             problems.append(DataProblem(line, "a system turn may only be the first turn", field))
         elif i == 0 and turn.role != "user":
-            problems.append(DataProblem(line, f"the conversation starts with a {turn.role} turn; "
+            article = "an" if turn.role[:1] in "aeiou" else "a"
+            problems.append(DataProblem(line, f"the conversation starts with {article} {turn.role} turn; "
                                               "it must start with a user turn (after an optional system turn)", field))
         elif turn.role == "tool" and turns[i - 1].role not in ("assistant", "tool"):
             problems.append(DataProblem(line, "a tool result must follow an assistant (function call) turn", field))

@@ -124,7 +124,7 @@ def _chat(*roles_contents):
 
 
 @pytest.mark.parametrize("turns, field, words", [
-    ((("assistant", "a"), ("user", "q"), ("assistant", "b")), "messages[0]", "starts with a assistant"),
+    ((("assistant", "a"), ("user", "q"), ("assistant", "b")), "messages[0]", "starts with an assistant"),
     ((("user", "q"),), "messages[0]", "no answer"),
     ((("user", "q"), ("assistant", "a"), ("user", "again")), "messages[2]", "no answer"),
     ((("user", "q"), ("system", "late"), ("assistant", "a")), "messages[1]", "system turn may only be"),

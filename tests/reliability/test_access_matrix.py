@@ -41,7 +41,7 @@ class Route:
 
 PUBLIC_ROUTES = {"accounts/login/", "healthz", "api/openapi.json", "api/docs"}
 # Not URL patterns but served by middleware: checked for anonymous access too.
-PUBLIC_PATHS = ["/static/css/studio.css"]
+PUBLIC_PATHS = ["/static/css/studio.css", "/static/img/favicon.svg"]
 
 ROUTES: dict[str, Route] = {
     "": Route(PAGE),

@@ -32,7 +32,8 @@ def test_upload_through_the_page_and_see_the_preview(transactional_db, owner, pa
         error = page.get_by_test_id("upload-error")
         error.wait_for(state="visible")
         assert "line 2" in error.inner_text() and "no answer" in error.inner_text()
-        assert page.locator("#upload-error-message").inner_text() == "One problem found; fix it and upload the file again:"
+        summary = page.locator("#upload-error-message").inner_text()
+        assert summary == "One problem found; fix it and upload the file again:"
         assert error.inner_text().count("no answer") == 1  # listed once, not in the summary too
         assert "failed" in page.locator("#upload-progress").get_attribute("class")
         assert not Dataset.objects.exists()

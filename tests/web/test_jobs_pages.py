@@ -161,6 +161,17 @@ def test_new_form_chooses_the_only_data_set_and_model(owner_client, owner):
     assert f'<option value="{dataset.id}" selected>' not in owner_client.get("/jobs/new/").content.decode()
 
 
+def test_fine_tune_on_a_data_set_preselects_the_model_of_the_latest_job(owner_client, owner, stranger):
+    dataset, first, second = make_dataset(owner), make_base_model(owner, name="m1"), make_base_model(owner, name="m2")
+    page = owner_client.get(f"/jobs/new/?dataset={dataset.id}").content.decode()
+    assert "selected>" in page.split(f'<option value="{dataset.id}"')[1][:20]
+    assert f'<option value="{first.id}" selected>' not in page and f'<option value="{second.id}" selected>' not in page
+    make_job(owner, dataset=dataset, base_model=second)
+    make_job(stranger, base_model=make_base_model(stranger, name="theirs"))  # not the owner's: not a hint
+    page = owner_client.get(f"/jobs/new/?dataset={dataset.id}").content.decode()
+    assert f'<option value="{second.id}" selected>' in page
+
+
 def test_launch_again_with_changes_prefills_the_form(owner_client, stranger_client, job):
     page = owner_client.get(f"/jobs/new/?from={job.id}").content.decode()
     assert "Launch again with changes" in page

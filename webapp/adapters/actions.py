@@ -72,8 +72,8 @@ def upload_adapter(owner, base_model, name: str, files: dict) -> Adapter:
         raise AdapterRejected("Pickle weights (.bin/.pt) are never loaded: upload adapter_model.safetensors.")
     missing = [n for n in UPLOAD_FILES if n not in files]
     if missing or unexpected:
-        raise AdapterRejected(f"Upload exactly {CONFIG_FILE} and {WEIGHTS_FILE} (missing: {missing or 'none'}, "
-                              f"unexpected: {unexpected or 'none'}).")
+        raise AdapterRejected(f"Upload exactly {CONFIG_FILE} and {WEIGHTS_FILE} (missing: "
+                              f"{', '.join(missing) or 'none'}; unexpected: {', '.join(unexpected) or 'none'}).")
     adapter_dir = new_file_path("adapters")
     try:
         with refused_when_disk_full("the adapter"):

@@ -14,6 +14,8 @@ from django import forms
 from webapp.basemodels.models import BaseModel
 from webapp.datasets.models import Dataset
 
+from .models import Job
+
 
 @dataclass(frozen=True)
 class SettingSpec:
@@ -110,6 +112,11 @@ class JobForm(forms.Form):
             choices = list(self.fields[name].queryset.values_list("pk", flat=True)[:2])
             if len(choices) == 1:
                 self.initial.setdefault(name, choices[0])
+        if "base_model" not in self.initial:  # several models: the one the user's latest job trained on
+            latest = Job.objects.filter(owner=user).order_by("-created_at").values_list("base_model", flat=True)[:1]
+            model = self.fields["base_model"].queryset.filter(pk__in=latest).values_list("pk", flat=True).first()
+            if model is not None:
+                self.initial["base_model"] = model
         self.specs = setting_specs()
         for spec in self.specs:
             self.fields[spec.name] = _field(spec)
