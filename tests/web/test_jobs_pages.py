@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
+from webapp.basemodels.models import BaseModel
 from webapp.jobs.models import Job
 
 from .jobs_factories import make_base_model, make_dataset, make_job
@@ -205,3 +206,29 @@ def test_oom_retry_only_for_oom_failures(owner_client, owner, stranger_client, j
     assert "micro-batch is already 1" in owner_client.get(f"/jobs/{tiny_batch.id}/").content.decode()
     assert stranger_client.post(f"/jobs/{tiny_batch.id}/retry-oom").status_code == 404
     assert Job.objects.count() == 2
+
+
+def gpt2_base_model(owner):
+    from lora_engine.tiny import tiny_config
+
+    return BaseModel.objects.create(owner=owner, name="tiny-gpt2", source=BaseModel.Source.LOCAL,
+                                    local_path="/nowhere", architecture="GPT2LMHeadModel", model_type="gpt2",
+                                    config=tiny_config("gpt2").to_dict())
+
+
+def test_new_form_targets_follow_the_base_model(owner_client, owner, no_broker):
+    dataset, llama, gpt2 = make_dataset(owner), make_base_model(owner), gpt2_base_model(owner)
+    chosen = owner_client.get(f"/jobs/new/?base_model={gpt2.id}").content.decode()
+    assert 'name="targets" value="c_attn"' in chosen
+    page = owner_client.get("/jobs/new/").content.decode()
+    assert f'"{gpt2.id}": "c_attn"' in page and f'"{llama.id}": "q_proj,v_proj"' in page  # for the script
+    form = {"dataset": dataset.id, "base_model": gpt2.id, "suffix": "gpt2-run", "rank": 4, "alpha": 8,
+            "dropout": 0.0, "targets": "q_proj,v_proj", "quantization": "none", "learning_rate": 1e-3,
+            "schedule": "constant", "warmup_steps": 0, "epochs": 1, "max_steps": 5, "batch_size": 2,
+            "grad_accum": 1, "max_seq_len": 64, "eval_fraction": 0, "eval_every": 0, "save_every": 0, "seed": 1,
+            "precision": "fp32"}
+    response = owner_client.post("/jobs/new/", form)  # left at the generic default (a browser without JS)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert Job.objects.get(suffix="gpt2-run").config["lora"]["targets"] == ["c_attn"]
+    response = owner_client.post("/jobs/new/", {**form, "suffix": "typed", "targets": "c_fc"})
+    assert response.status_code == 302 and Job.objects.get(suffix="typed").config["lora"]["targets"] == ["c_fc"]

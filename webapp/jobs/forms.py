@@ -6,6 +6,7 @@ settings as a whole and its ``JobRejected`` problems are shown on the form.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,8 @@ from django import forms
 
 from webapp.basemodels.models import BaseModel
 from webapp.datasets.models import Dataset
+
+from .configs import JOB_SETTINGS, default_targets_for
 
 
 @dataclass(frozen=True)
@@ -111,10 +114,31 @@ class JobForm(forms.Form):
             if len(choices) == 1:
                 self.initial.setdefault(name, choices[0])
         self.specs = setting_specs()
+        chosen = self.initial.get("base_model")
+        chosen_model = self.fields["base_model"].queryset.filter(pk=chosen).first() if _is_pk(chosen) else None
+        if chosen_model is not None:  # a relaunch keeps its job's targets
+            self.initial.setdefault("targets", default_targets_for(chosen_model.config))
         for spec in self.specs:
             self.fields[spec.name] = _field(spec)
             if spec.name not in self.initial and spec.default is not None:
                 self.initial[spec.name] = spec.default
+
+    def default_targets_by_model(self) -> dict[str, str]:
+        """Each choosable base model's default targets (and ``""``: the generic default), for the page's script
+        that makes the targets field follow the chosen model."""
+        defaults = {"": JOB_SETTINGS["targets"].default}
+        for model in self.fields["base_model"].queryset.only("pk", "config"):
+            defaults[str(model.pk)] = default_targets_for(model.config)
+        return defaults
+
+    def clean(self) -> dict[str, Any]:
+        """Targets left at the generic default follow the base model: on a model without q_proj and v_proj
+        (GPT-2) they could only fail, so a browser without the page's script gets the model's default."""
+        cleaned = super().clean()
+        model = cleaned.get("base_model")
+        if model is not None and cleaned.get("targets") == JOB_SETTINGS["targets"].default:
+            cleaned["targets"] = default_targets_for(model.config)
+        return cleaned
 
     def setting_fields(self) -> list[forms.BoundField]:
         return [self[spec.name] for spec in self.specs]
@@ -128,6 +152,14 @@ class JobForm(forms.Form):
         field = param if param in self.fields else None
         for problem in problems or [message]:
             self.add_error(field, problem)
+
+
+def _is_pk(value: Any) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
 
 
 def settings_from_job(job) -> dict[str, Any]:
