@@ -150,9 +150,24 @@ def test_launch_again_with_changes_prefills_the_form(owner_client, stranger_clie
     page = owner_client.get(f"/jobs/new/?from={job.id}").content.decode()
     assert "Launch again with changes" in page
     assert 'name="rank" value="16"' in page and 'name="alpha" value="32.0"' in page
-    assert 'name="suffix" value="my-run"' in page
+    assert 'name="suffix" value="my-run-2"' in page  # a distinct name for the new adapter
     assert f'<option value="{job.dataset_id}" selected>' in page
     assert stranger_client.get(f"/jobs/new/?from={job.id}").status_code == 404
+
+
+def test_launch_again_suggests_a_name_no_job_has(owner_client, owner, stranger, job):
+    def suggested(source) -> str:
+        page = owner_client.get(f"/jobs/new/?from={source.id}").content.decode()
+        return page.split('name="suffix" value="', 1)[1].split('"', 1)[0]
+
+    make_job(stranger, suffix="my-run-2")  # another user's names do not count
+    assert suggested(job) == "my-run-2"
+    second = make_job(owner, suffix="my-run-2")
+    assert suggested(job) == suggested(second) == "my-run-3"
+    unnamed = make_job(owner, rank=4)
+    assert suggested(unnamed) == f"{unnamed.base_model.name}-r4-2"
+    long_name = make_job(owner, suffix="x" * 64)
+    assert suggested(long_name) == "x" * 62 + "-2"
 
 
 def test_cancel_works(owner_client, owner):

@@ -6,6 +6,7 @@ settings as a whole and its ``JobRejected`` problems are shown on the form.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,9 @@ from webapp.basemodels.models import BaseModel
 from webapp.datasets.models import Dataset
 
 from .configs import JOB_SETTINGS, default_targets_for
+from .models import Job
+
+MAX_SUFFIX = 64
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ def _field(spec: SettingSpec) -> forms.Field:
 class JobForm(forms.Form):
     """Data, model, a suffix, and every training setting."""
 
-    suffix = forms.CharField(max_length=64, required=False, label="Name",
+    suffix = forms.CharField(max_length=MAX_SUFFIX, required=False, label="Name",
                              help_text="A short name for the job and its adapter (letters, digits, - and _).")
     dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), label="Training data",
                                      help_text="An uploaded data set (Datasets page).")
@@ -183,6 +187,20 @@ def settings_from_job(job) -> dict[str, Any]:
 def initial_from_job(job) -> dict[str, Any]:
     """Form initial values reproducing ``job`` (records the user can no longer see are left empty)."""
     initial = settings_from_job(job)
-    initial.update(dataset=job.dataset_id, base_model=job.base_model_id, suffix=job.suffix,
+    initial.update(dataset=job.dataset_id, base_model=job.base_model_id, suffix=relaunch_suffix(job),
                    validation_dataset=job.validation_dataset_id)
     return initial
+
+
+def relaunch_suffix(job) -> str:
+    """A name for a relaunch of ``job`` that none of its owner's jobs has, so the two adapters can be told apart:
+    ``run`` -> ``run-2`` (``run-3`` when that is taken; relaunching ``run-2`` suggests ``run-3`` too). A job
+    without a name starts from its adapter's name (base model and rank)."""
+    name = job.suffix or re.sub(r"[^\w.\-]+", "-", f"{job.base_model.name}-r{job.rank}")
+    stem = re.sub(r"-\d{1,3}$", "", name)
+    taken = set(Job.objects.filter(owner_id=job.owner_id, suffix__startswith=stem).values_list("suffix", flat=True))
+    number = 2
+    while f"{stem}-{number}" in taken:
+        number += 1
+    ending = f"-{number}"
+    return stem[:MAX_SUFFIX - len(ending)] + ending
