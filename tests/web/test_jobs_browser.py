@@ -11,7 +11,7 @@ from tests.support.browser import log_in
 from tests.support.processes import start_asgi_server, wait_until
 from webapp.jobs import events
 
-from .jobs_factories import add_points, make_job
+from .jobs_factories import add_points, make_base_model, make_dataset, make_job
 
 # A loaded machine, made deterministic: every websocket the page opens connects a second late.
 SLOW_SOCKETS = """(() => {
@@ -161,5 +161,32 @@ def test_a_job_page_reads_a_silent_job_from_the_database(transactional_db, owner
 
         page.wait_for_function("document.querySelector('[data-testid=job-state]').textContent === 'Succeeded'")
         wait_until(lambda: train_points(page) == 20, timeout=5, message="the points stored meanwhile drawn")
+    finally:
+        server.stop()
+
+
+@pytest.mark.browser
+@pytest.mark.stack
+def test_the_new_job_forms_targets_follow_the_chosen_base_model(transactional_db, owner, page, tmp_path):
+    from lora_engine.tiny import tiny_config
+    from webapp.basemodels.models import BaseModel
+
+    make_dataset(owner)
+    llama = make_base_model(owner)
+    gpt2 = BaseModel.objects.create(owner=owner, name="tiny-gpt2", source=BaseModel.Source.LOCAL,
+                                    local_path="/nowhere", model_type="gpt2", config=tiny_config("gpt2").to_dict())
+    server, base_url = start_asgi_server(tmp_path)
+    try:
+        log_in(page, base_url, owner.username, PASSWORD)
+        page.goto(f"{base_url}/jobs/new/")
+        targets = page.locator("input[name=targets]")
+        assert targets.input_value() == "q_proj,v_proj"
+        page.select_option("select[name=base_model]", str(gpt2.id))
+        assert targets.input_value() == "c_attn"
+        page.select_option("select[name=base_model]", str(llama.id))
+        assert targets.input_value() == "q_proj,v_proj"
+        targets.fill("all-linear")  # typed targets stay when the model changes
+        page.select_option("select[name=base_model]", str(gpt2.id))
+        assert targets.input_value() == "all-linear"
     finally:
         server.stop()
