@@ -31,8 +31,8 @@ API_PREFIXES = ("/v1/", "/api/")
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     """Django's handler404: an OpenAI-shaped error under /v1 and /api, templates/404.html elsewhere."""
     if request.path.startswith(API_PREFIXES):
-        return api_error(f"No such URL: {request.method} {request.path}. The API's routes are listed at "
-                         "/api/docs.", 404, code="not_found")
+        return api_error(f"Not found: {request.method} {request.path} names no object of yours and no route (the "
+                         "API's routes are listed at /api/docs).", 404, code="not_found")
     return django_page_not_found(request, exception)
 
 
