@@ -110,3 +110,35 @@ def check_sequence_length(config: Mapping[str, Any], max_seq_len: int, model_nam
     problem = sequence_length_problem(config, max_seq_len, model_name)
     if problem is not None:
         raise ConfigError([problem])
+
+
+# The attention projections a new adapter targets when none are named, most specific first: the query and
+# value projections, as in the LoRA paper, where the model has them apart; else its fused query-key-value
+# projection. A model with none of these gets every linear layer.
+ATTENTION_TARGETS: tuple[tuple[str, ...], ...] = (
+    ("q_proj", "v_proj"),  # Llama, Mistral, Qwen2, Gemma, OPT, GPT-J
+    ("c_attn",),  # GPT-2 (a fused Conv1D)
+    ("query_key_value",),  # GPT-NeoX, Falcon, BLOOM
+    ("qkv_proj",),  # Phi-3
+    ("Wqkv",),  # MPT
+)
+
+
+def default_targets(config: dict) -> tuple[str, ...]:
+    """The target modules for a model when none are chosen: its attention's query and value projections.
+
+    Args:
+        config: the model's ``config.json`` as a dict.
+
+    Returns:
+        The first of :data:`ATTENTION_TARGETS` whose names are all linear layers of the model (``("q_proj",
+        "v_proj")`` for Llama-like models, ``("c_attn",)`` for GPT-2), else ``("all-linear",)``.
+
+    Raises:
+        ModelLoadError: the config names an architecture transformers does not know.
+    """
+    layer_names = {name.rsplit(".", 1)[-1] for name in linear_layer_shapes(config)}
+    for targets in ATTENTION_TARGETS:
+        if layer_names.issuperset(targets):
+            return targets
+    return ("all-linear",)

@@ -15,4 +15,5 @@ urlpatterns = [
     path("", include("webapp.dashboard.urls")),
 ]
 
+handler404 = "webapp.lib.server_errors.page_not_found"  # JSON under /v1 and /api, the site's layout elsewhere
 handler500 = "webapp.lib.server_errors.server_error"  # a full disk before any view ran answers 507, not 500

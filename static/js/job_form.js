@@ -53,6 +53,17 @@
     }
   }
 
+  // The targets follow the chosen base model (c_attn for GPT-2, q_proj,v_proj for Llama) while they still
+  // hold the previous model's default; targets someone typed are kept.
+  const defaultTargets = JSON.parse(document.getElementById("default-targets").textContent);
+  const targetsFor = (model) => defaultTargets[model] || defaultTargets[""];
+  let shownDefault = targetsFor(value("base_model"));
+  form.elements.base_model.addEventListener("change", () => {
+    const next = targetsFor(value("base_model"));
+    if (form.elements.targets.value.trim() === shownDefault) form.elements.targets.value = next;
+    shownDefault = next;
+  });
+
   function schedule() { clearTimeout(timer); timer = setTimeout(refresh, 250); }
   form.addEventListener("input", schedule);
   form.addEventListener("change", schedule);

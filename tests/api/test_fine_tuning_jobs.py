@@ -123,3 +123,18 @@ def test_it_requires_authentication(anonymous, job):
                      create(anonymous, {"model": "tiny-llama"})):
         assert response.status_code == 401
     assert Job.objects.count() == 1
+
+
+def test_targets_default_to_the_models_attention_projections(api, owner, dataset, base_model, tmp_path):
+    from lora_engine.tiny import save_tiny_model
+    from webapp.basemodels.actions import register_local_model
+
+    register_local_model(owner, "tiny-gpt2", str(save_tiny_model(tmp_path / "gpt2", arch="gpt2")))
+    training_file = f"file-{dataset.id.hex}"
+    for model, expected in (("tiny-gpt2", ["c_attn"]), ("tiny-llama", ["q_proj", "v_proj"])):
+        response = create(api, {"model": model, "training_file": training_file, "lora": {"rank": 4}})
+        assert response.status_code == 200, response.content
+        job = Job.objects.get(base_model__name=model)
+        assert job.config["lora"]["targets"] == expected
+    named = create(api, {"model": "tiny-gpt2", "training_file": training_file, "lora": {"targets": ["q_proj"]}})
+    assert named.status_code == 400 and named.json()["error"]["param"] == "lora.targets"  # named targets are kept

@@ -99,3 +99,22 @@ def test_it_validates_ownership(stranger_api, job):
 def test_it_requires_authentication(anonymous, job):
     for suffix in ("events", "checkpoints"):
         assert anonymous.get(f"/v1/fine_tuning/jobs/ftjob-{job.id.hex}/{suffix}").status_code == 401
+
+
+def test_each_step_is_listed_once_and_the_page_log_keeps_its_step_lines(api, owner_client, owner, dataset,
+                                                                       base_model):
+    from webapp.jobs.leases import claim_job, record_metric_points
+
+    from .conftest import make_job
+
+    job = make_job(owner, dataset, base_model, state="queued", total_steps=4)
+    lease = claim_job(job.pk, "w1")
+    train = [{"step": s, "split": "train", "values": {"loss": 1.0 / s}} for s in (1, 2, 3, 4)]
+    record_metric_points(lease, [*train, {"step": 4, "split": "eval", "values": {"eval_loss": 0.5}}],
+                         {"current_step": 4, "total_steps": 4})
+    events = api.get(f"/v1/fine_tuning/jobs/ftjob-{job.id.hex}/events", {"limit": 100}).json()["data"]
+    steps = [(e["data"].get("step"), e["type"]) for e in events if e["message"].startswith("Step ")]
+    assert sorted(steps) == [(1, "metrics"), (2, "metrics"), (3, "metrics"), (4, "metrics"), (4, "metrics")]
+    assert any(e["type"] == "message" for e in events)  # "Worker w1 picked up the job", "Training started"
+    log = owner_client.get(f"/api/jobs/{job.id}/log").json()["data"]
+    assert "Step 4/4: training loss 0.2500" in [e["message"] for e in log]  # the job page's log is unchanged

@@ -155,3 +155,55 @@ def test_the_training_configuration_is_json_without_server_paths(owner_client, b
     config = html.unescape(shown.split('data-testid="config">')[1].split("</pre>")[0])
     assert '"use_dora": false' in config and '"max_seq_len": 512' in config  # JSON, not Python's repr
     assert "/srv/" not in config and "jobs" not in config and '"model"' not in config
+
+
+def trained_adapter_dir(root: Path) -> tuple[Path, int]:
+    """A trained adapter's directory as the engine leaves it: the adapter files plus resume checkpoints many
+    times their size. Returns the directory and the size of the adapter files alone."""
+    root.mkdir(parents=True)
+    files = {"adapter_config.json": json.dumps({"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"]}),
+             "adapter_model.safetensors": "w" * 1000, "training_args.json": "{}"}
+    for name, text in files.items():
+        (root / name).write_text(text)
+    checkpoint = root / "checkpoints" / "step-000010"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "adapter_model.safetensors").write_bytes(b"\0" * 1000)
+    (checkpoint / "optimizer.pt").write_bytes(b"\0" * 50_000)
+    return root, sum(len(text) for text in files.values())
+
+
+def test_a_trained_adapters_size_is_its_files_without_checkpoints(owner, owner_client, settings):
+    from types import SimpleNamespace
+
+    from tests.web.jobs_factories import make_job
+    from webapp.adapters.actions import register_trained_adapter
+
+    job = make_job(owner, suffix="sized")
+    adapter_dir, files_size = trained_adapter_dir(Path(settings.DATA_DIR) / "jobs" / str(job.id))
+    result = SimpleNamespace(adapter_dir=str(adapter_dir), trainable_params=1234, final_loss=1.0,
+                             final_eval_loss=None)
+    adapter = register_trained_adapter(job, result)
+    assert adapter.size_bytes == files_size
+    page = owner_client.get(f"/adapters/{adapter.id}/").content.decode()
+    assert "<dd>1.0\xa0KB</dd>" in page  # the adapter files, not the 52 KB the directory holds
+    download = owner_client.get(f"/adapters/{adapter.id}/download")
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(download.streaming_content)))
+    downloaded = {"adapter_config.json", "adapter_model.safetensors", "training_args.json"}
+    assert sum(archive.getinfo(name).file_size for name in downloaded) == files_size
+
+
+def test_the_migration_recomputes_sizes_that_counted_checkpoints(owner, base_model, settings):
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("webapp.adapters.migrations.0004_adapter_size_without_checkpoints")
+    adapter_dir, files_size = trained_adapter_dir(Path(settings.DATA_DIR) / "adapters" / "old-trained")
+    inflated = Adapter.objects.create(owner=owner, name="old", storage_path="adapters/old-trained",
+                                      base_model=base_model, rank=16, alpha=32, size_bytes=52_034)
+    gone = Adapter.objects.create(owner=owner, name="gone", storage_path="adapters/missing",
+                                  base_model=base_model, rank=16, alpha=32, size_bytes=777)
+    migration.recompute_sizes(apps, None)
+    inflated.refresh_from_db()
+    gone.refresh_from_db()
+    assert (inflated.size_bytes, gone.size_bytes) == (files_size, 777)

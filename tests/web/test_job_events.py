@@ -135,6 +135,16 @@ def test_memory_estimate_it_works(api, owner):
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "rank"
 
 
+def test_memory_estimate_without_targets_uses_the_models_attention_projections(api, owner):
+    from lora_engine.tiny import tiny_config
+    from webapp.basemodels.models import BaseModel
+
+    gpt2 = BaseModel.objects.create(owner=owner, name="tiny-gpt2", source=BaseModel.Source.LOCAL,
+                                    local_path="/nowhere", model_type="gpt2", config=tiny_config("gpt2").to_dict())
+    body = api.get(f"/api/jobs/estimate?base_model={gpt2.id}&rank=8").json()
+    assert body["lora_trainable_params"] == 2 * 8 * (64 + 3 * 64)  # c_attn 64->192 in two layers
+
+
 def test_memory_estimate_validates_ownership(stranger_client, owner):
     model = make_base_model(owner)
     assert stranger_client.get(f"/api/jobs/estimate?base_model={model.id}").status_code == 404

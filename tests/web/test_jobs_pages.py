@@ -6,6 +6,7 @@ import pytest
 from django.test import Client
 
 from webapp.adapters.models import Adapter
+from webapp.basemodels.models import BaseModel
 from webapp.jobs.models import Job
 
 from .jobs_factories import make_base_model, make_dataset, make_job
@@ -176,9 +177,24 @@ def test_launch_again_with_changes_prefills_the_form(owner_client, stranger_clie
     page = owner_client.get(f"/jobs/new/?from={job.id}").content.decode()
     assert "Launch again with changes" in page
     assert 'name="rank" value="16"' in page and 'name="alpha" value="32.0"' in page
-    assert 'name="suffix" value="my-run"' in page
+    assert 'name="suffix" value="my-run-2"' in page  # a distinct name for the new adapter
     assert f'<option value="{job.dataset_id}" selected>' in page
     assert stranger_client.get(f"/jobs/new/?from={job.id}").status_code == 404
+
+
+def test_launch_again_suggests_a_name_no_job_has(owner_client, owner, stranger, job):
+    def suggested(source) -> str:
+        page = owner_client.get(f"/jobs/new/?from={source.id}").content.decode()
+        return page.split('name="suffix" value="', 1)[1].split('"', 1)[0]
+
+    make_job(stranger, suffix="my-run-2")  # another user's names do not count
+    assert suggested(job) == "my-run-2"
+    second = make_job(owner, suffix="my-run-2")
+    assert suggested(job) == suggested(second) == "my-run-3"
+    unnamed = make_job(owner, rank=4)
+    assert suggested(unnamed) == f"{unnamed.base_model.name}-r4-2"
+    long_name = make_job(owner, suffix="x" * 64)
+    assert suggested(long_name) == "x" * 62 + "-2"
 
 
 def test_cancel_works(owner_client, owner):
@@ -291,3 +307,29 @@ def test_outcome_validates_ownership(stranger_client, staff_client, owner):
     assert stranger_client.get(f"/jobs/{job.id}/outcome").status_code == 404
     assert Client().get(f"/jobs/{job.id}/outcome").status_code == 302  # to the login page
     assert 'data-testid="job-adapter"' in staff_client.get(f"/jobs/{job.id}/outcome").content.decode()
+
+
+def gpt2_base_model(owner):
+    from lora_engine.tiny import tiny_config
+
+    return BaseModel.objects.create(owner=owner, name="tiny-gpt2", source=BaseModel.Source.LOCAL,
+                                    local_path="/nowhere", architecture="GPT2LMHeadModel", model_type="gpt2",
+                                    config=tiny_config("gpt2").to_dict())
+
+
+def test_new_form_targets_follow_the_base_model(owner_client, owner, no_broker):
+    dataset, llama, gpt2 = make_dataset(owner), make_base_model(owner), gpt2_base_model(owner)
+    chosen = owner_client.get(f"/jobs/new/?base_model={gpt2.id}").content.decode()
+    assert 'name="targets" value="c_attn"' in chosen
+    page = owner_client.get("/jobs/new/").content.decode()
+    assert f'"{gpt2.id}": "c_attn"' in page and f'"{llama.id}": "q_proj,v_proj"' in page  # for the script
+    form = {"dataset": dataset.id, "base_model": gpt2.id, "suffix": "gpt2-run", "rank": 4, "alpha": 8,
+            "dropout": 0.0, "targets": "q_proj,v_proj", "quantization": "none", "learning_rate": 1e-3,
+            "schedule": "constant", "warmup_steps": 0, "epochs": 1, "max_steps": 5, "batch_size": 2,
+            "grad_accum": 1, "max_seq_len": 64, "eval_fraction": 0, "eval_every": 0, "save_every": 0, "seed": 1,
+            "precision": "fp32"}
+    response = owner_client.post("/jobs/new/", form)  # left at the generic default (a browser without JS)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert Job.objects.get(suffix="gpt2-run").config["lora"]["targets"] == ["c_attn"]
+    response = owner_client.post("/jobs/new/", {**form, "suffix": "typed", "targets": "c_fc"})
+    assert response.status_code == 302 and Job.objects.get(suffix="typed").config["lora"]["targets"] == ["c_fc"]

@@ -15,12 +15,18 @@ from .validation import AdapterRejected, check_adapter_dir, refused_when_disk_fu
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
+TRAINING_ARGS_FILE = "training_args.json"
 UPLOAD_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+# The files of an adapter people download (the zip holds these plus a model card, metrics and a manifest).
+ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE, TRAINING_ARGS_FILE)
 MAX_UPLOAD_FILE_BYTES = 4 * 1024**3
 
 
-def _dir_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+def adapter_files_size(adapter_dir: Path) -> int:
+    """The bytes of the adapter's own files: a trained adapter's directory also holds its resume checkpoints,
+    which are many times the adapter and never part of what is downloaded or merged."""
+    return sum(path.stat().st_size for path in (Path(adapter_dir) / name for name in ADAPTER_FILES)
+               if path.is_file())
 
 
 def register_trained_adapter(job, result) -> Adapter:
@@ -45,7 +51,7 @@ def register_trained_adapter(job, result) -> Adapter:
         "use_rslora": bool(config.get("use_rslora")),
         "use_dora": bool(config.get("use_dora")),
         "trainable_params": getattr(result, "trainable_params", None),
-        "size_bytes": _dir_size(adapter_dir),
+        "size_bytes": adapter_files_size(adapter_dir),
         "sha256": sha256_file(adapter_dir / WEIGHTS_FILE),
         "final_train_loss": getattr(result, "final_loss", None),
         "final_eval_loss": getattr(result, "final_eval_loss", None),
@@ -91,7 +97,7 @@ def upload_adapter(owner, base_model, name: str, files: dict) -> Adapter:
                 storage_path=relative_to_data(adapter_dir), base_model=base_model,
                 base_revision=base_model.revision, rank=lora.rank, alpha=lora.alpha, targets=sorted(lora.targets),
                 use_rslora=lora.use_rslora, use_dora=lora.use_dora, trainable_params=trainable,
-                size_bytes=_dir_size(adapter_dir), sha256=sha256_file(adapter_dir / WEIGHTS_FILE),
+                size_bytes=adapter_files_size(adapter_dir), sha256=sha256_file(adapter_dir / WEIGHTS_FILE),
             )
     except BaseException:
         remove_path(adapter_dir)

@@ -15,11 +15,9 @@ from pathlib import Path
 
 from webapp.jobs.models import MetricPoint
 
-from .actions import archive_path_for
+from .actions import ADAPTER_FILES, archive_path_for
 from .models import Adapter
 from .validation import refused_when_disk_full
-
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "training_args.json")
 
 
 def _sha256_bytes(data: bytes) -> str:

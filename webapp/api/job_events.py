@@ -1,5 +1,8 @@
 """A job's events as OpenAI lists them: human-readable JobEvents and per-step metrics, newest first, one cursor.
 
+Each step appears once, as OpenAI has it: a ``metrics`` event per MetricPoint. The log lines the worker writes
+for some steps (``JobEvent.STEP_LINE_PREFIX``, for the job page's log) would repeat them, so they are left out.
+
 Both tables are ordered by (created_at, kind, pk) descending, kind ranking metrics below messages written at
 the same instant; ``after=<event id>`` resumes strictly below that event's position in this order.
 """
@@ -43,7 +46,7 @@ def _anchor(job: Job, after: str) -> Position:
 def events_page(job: Job, after: str | None, limit: int) -> tuple[list[dict], bool]:
     """(events as OpenAI objects, has_more) for one page, newest first."""
     sources = {
-        MESSAGE_EVENT: JobEvent.objects.filter(job=job),
+        MESSAGE_EVENT: JobEvent.objects.filter(job=job).exclude(message__startswith=JobEvent.STEP_LINE_PREFIX),
         METRICS_EVENT: MetricPoint.objects.filter(job=job),
     }
     if after:

@@ -22,7 +22,13 @@ from webapp.lib.leased_work import LeasedWork, send_task_best_effort
 from webapp.lib.storage import remove_path
 
 from . import events
-from .configs import architecture_problems, build_run_config, clean_settings, param_for_problem
+from .configs import (
+    architecture_problems,
+    build_run_config,
+    clean_settings,
+    default_targets_for,
+    param_for_problem,
+)
 from .models import Job, JobEvent, Sweep
 
 logger = logging.getLogger(__name__)
@@ -131,7 +137,8 @@ def create_job(owner, dataset: Dataset, base_model: BaseModel, settings: dict[st
 
     Args:
         owner: the user launching it; the data sets, base model and sweep must be visible to them.
-        settings: flat settings (``webapp.jobs.configs.JOB_SETTINGS`` names); missing ones take defaults.
+        settings: flat settings (``webapp.jobs.configs.JOB_SETTINGS`` names); missing ones take defaults, and
+            missing or empty targets the base model's attention projections.
 
     Raises:
         JobRejected: every problem (unknown setting, bad value, unknown target module, rank larger than a
@@ -142,7 +149,10 @@ def create_job(owner, dataset: Dataset, base_model: BaseModel, settings: dict[st
     suffix = (suffix or "").strip()
     if not SUFFIX_PATTERN.match(suffix):
         raise JobRejected("The suffix may have up to 64 letters, digits, '.', '-' and '_'.", param="suffix")
-    cleaned, problems = clean_settings(settings or {})
+    settings = dict(settings or {})
+    if settings.get("targets") in (None, "", [], ()):
+        settings["targets"] = default_targets_for(base_model.config)
+    cleaned, problems = clean_settings(settings)
     if problems:
         raise _reject(problems)
     job_id = uuid.uuid4()

@@ -53,7 +53,8 @@ JOB_SETTINGS: dict[str, JobSetting] = dict([
     _s("dropout", "Dropout", "float", 0.05, "Dropout on the adapter's input, from 0 to below 1. 0 is fastest.",
        group="adapter"),
     _s("targets", "Target modules", "text", "q_proj,v_proj", "Comma-separated layer names to adapt (matched on the "
-       "end of the module name), or 'all-linear'.", group="adapter"),
+       "end of the module name), or 'all-linear'. Starts at the base model's attention projections (q_proj,v_proj "
+       "for Llama-like models, c_attn for GPT-2).", group="adapter"),
     _s("use_rslora", "rsLoRA", "bool", False, "Rank-stabilised scaling α/√r: keeps high ranks learning.",
        group="adapter"),
     _s("use_dora", "DoRA", "bool", False, "Weight-decomposed LoRA: learns a magnitude vector too. Slower.",
@@ -200,6 +201,26 @@ def param_for_problem(message: str) -> str | None:
     if text.startswith("quantization"):
         return "quantization"
     return None
+
+
+def default_targets_for(model_config: Mapping[str, Any] | None) -> str:
+    """The targets setting a job on this base model starts from: its attention projections (see
+    ``lora_engine.architecture.default_targets``), so the default suits GPT-2 (``c_attn``) as well as Llama.
+
+    Returns:
+        Comma-separated names; the generic default when the model has no config or it cannot be built (the
+        worker reports such a model's problem).
+    """
+    generic = JOB_SETTINGS["targets"].default
+    if not model_config:
+        return generic
+    from lora_engine.architecture import default_targets
+    from lora_engine.errors import ModelLoadError
+
+    try:
+        return ",".join(default_targets(dict(model_config)))
+    except (ModelLoadError, ValueError, TypeError, KeyError, ImportError):
+        return generic
 
 
 def _matches(name: str, target: str) -> bool:

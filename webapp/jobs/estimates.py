@@ -8,6 +8,8 @@ from typing import Any
 
 from lora_engine.config import PRECISIONS, QUANTIZATIONS, LoraConfig, parse_targets
 
+from .configs import default_targets_for
+
 TRUE = {"1", "true", "on", "yes"}
 
 
@@ -52,7 +54,8 @@ def estimate_for(base_model, params: Mapping[str, Any]) -> dict[str, Any]:
         raise EstimateError(f"{base_model.name} has no stored config.json to estimate memory from", "base_model")
     lora = LoraConfig(
         rank=_int(params, "rank", 8, 1, 4096),
-        targets=parse_targets(str(params.get("targets") or "q_proj,v_proj")) or ("q_proj", "v_proj"),
+        targets=(parse_targets(str(params.get("targets") or ""))
+                 or parse_targets(default_targets_for(base_model.config))),
         use_dora=_bool(params, "use_dora"),
     )
     from lora_engine.memory import estimate_memory  # imports torch: keep it off the module import path

@@ -6,6 +6,8 @@ settings as a whole and its ``JobRejected`` problems are shown on the form.
 
 from __future__ import annotations
 
+import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +16,10 @@ from django import forms
 from webapp.basemodels.models import BaseModel
 from webapp.datasets.models import Dataset
 
+from .configs import JOB_SETTINGS, default_targets_for
 from .models import Job
+
+MAX_SUFFIX = 64
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,7 @@ def _field(spec: SettingSpec) -> forms.Field:
 class JobForm(forms.Form):
     """Data, model, a suffix, and every training setting."""
 
-    suffix = forms.CharField(max_length=64, required=False, label="Name",
+    suffix = forms.CharField(max_length=MAX_SUFFIX, required=False, label="Name",
                              help_text="A short name for the job and its adapter (letters, digits, - and _).")
     dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), label="Training data",
                                      help_text="An uploaded data set (Datasets page).")
@@ -118,10 +123,31 @@ class JobForm(forms.Form):
             if model is not None:
                 self.initial["base_model"] = model
         self.specs = setting_specs()
+        chosen = self.initial.get("base_model")
+        chosen_model = self.fields["base_model"].queryset.filter(pk=chosen).first() if _is_pk(chosen) else None
+        if chosen_model is not None:  # a relaunch keeps its job's targets
+            self.initial.setdefault("targets", default_targets_for(chosen_model.config))
         for spec in self.specs:
             self.fields[spec.name] = _field(spec)
             if spec.name not in self.initial and spec.default is not None:
                 self.initial[spec.name] = spec.default
+
+    def default_targets_by_model(self) -> dict[str, str]:
+        """Each choosable base model's default targets (and ``""``: the generic default), for the page's script
+        that makes the targets field follow the chosen model."""
+        defaults = {"": JOB_SETTINGS["targets"].default}
+        for model in self.fields["base_model"].queryset.only("pk", "config"):
+            defaults[str(model.pk)] = default_targets_for(model.config)
+        return defaults
+
+    def clean(self) -> dict[str, Any]:
+        """Targets left at the generic default follow the base model: on a model without q_proj and v_proj
+        (GPT-2) they could only fail, so a browser without the page's script gets the model's default."""
+        cleaned = super().clean()
+        model = cleaned.get("base_model")
+        if model is not None and cleaned.get("targets") == JOB_SETTINGS["targets"].default:
+            cleaned["targets"] = default_targets_for(model.config)
+        return cleaned
 
     def setting_fields(self) -> list[forms.BoundField]:
         return [self[spec.name] for spec in self.specs]
@@ -135,6 +161,14 @@ class JobForm(forms.Form):
         field = param if param in self.fields else None
         for problem in problems or [message]:
             self.add_error(field, problem)
+
+
+def _is_pk(value: Any) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
 
 
 def settings_from_job(job) -> dict[str, Any]:
@@ -158,6 +192,20 @@ def settings_from_job(job) -> dict[str, Any]:
 def initial_from_job(job) -> dict[str, Any]:
     """Form initial values reproducing ``job`` (records the user can no longer see are left empty)."""
     initial = settings_from_job(job)
-    initial.update(dataset=job.dataset_id, base_model=job.base_model_id, suffix=job.suffix,
+    initial.update(dataset=job.dataset_id, base_model=job.base_model_id, suffix=relaunch_suffix(job),
                    validation_dataset=job.validation_dataset_id)
     return initial
+
+
+def relaunch_suffix(job) -> str:
+    """A name for a relaunch of ``job`` that none of its owner's jobs has, so the two adapters can be told apart:
+    ``run`` -> ``run-2`` (``run-3`` when that is taken; relaunching ``run-2`` suggests ``run-3`` too). A job
+    without a name starts from its adapter's name (base model and rank)."""
+    name = job.suffix or re.sub(r"[^\w.\-]+", "-", f"{job.base_model.name}-r{job.rank}")
+    stem = re.sub(r"-\d{1,3}$", "", name)
+    taken = set(Job.objects.filter(owner_id=job.owner_id, suffix__startswith=stem).values_list("suffix", flat=True))
+    number = 2
+    while f"{stem}-{number}" in taken:
+        number += 1
+    ending = f"-{number}"
+    return stem[:MAX_SUFFIX - len(ending)] + ending

@@ -127,7 +127,8 @@ def stored_point_keys(lease: Lease, after_step: int) -> set[tuple[int, str]]:
 
 
 def _log_points(job: Job, stored: list[dict[str, Any]], total_steps: int) -> None:
-    """A log line every ~5% of the run (OpenAI-style job events) and one per evaluation."""
+    """A log line every ~5% of the run and one per evaluation, for the job page's log. Each begins with
+    ``JobEvent.STEP_LINE_PREFIX``: /v1 events leave them out (each step is there once, as a metrics event)."""
     every = max(1, total_steps // 20)
     for point in stored:
         step, values = point["step"], point["values"]

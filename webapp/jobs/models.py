@@ -136,6 +136,10 @@ class Checkpoint(models.Model):
 class JobEvent(models.Model):
     """Human-readable events (OpenAI's fine-tuning job events)."""
 
+    STEP_LINE_PREFIX = "Step "
+    """How the log line a training or eval step writes begins (webapp.jobs.leases): the job page's log shows it,
+    while /v1 events list the step itself once, as a metrics event (webapp.api.job_events)."""
+
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
     level = models.CharField(max_length=10, default="info")
     message = models.TextField()
