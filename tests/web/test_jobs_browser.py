@@ -244,18 +244,6 @@ def test_a_job_page_shows_the_adapter_when_the_job_ends(transactional_db, owner,
     without a reload, drops the banner and turns the live dot off."""
     make_dataset(owner)
     make_base_model(owner)
-
-
-@pytest.mark.browser
-@pytest.mark.stack
-def test_the_new_job_forms_targets_follow_the_chosen_base_model(transactional_db, owner, page, tmp_path):
-    from lora_engine.tiny import tiny_config
-    from webapp.basemodels.models import BaseModel
-
-    make_dataset(owner)
-    llama = make_base_model(owner)
-    gpt2 = BaseModel.objects.create(owner=owner, name="tiny-gpt2", source=BaseModel.Source.LOCAL,
-                                    local_path="/nowhere", model_type="gpt2", config=tiny_config("gpt2").to_dict())
     server, base_url = start_asgi_server(tmp_path)
     try:
         log_in(page, base_url, owner.username, PASSWORD)
@@ -291,8 +279,24 @@ def test_the_new_job_forms_targets_follow_the_chosen_base_model(transactional_db
         page.get_by_test_id("adapter-playground").click()  # the playground opens with this adapter ticked
         page.wait_for_url(lambda url: "/playground/" in url)
         assert page.get_by_label("watched-adapter (r=8)").is_checked()
+    finally:
+        server.stop()
 
 
+@pytest.mark.browser
+@pytest.mark.stack
+def test_the_new_job_forms_targets_follow_the_chosen_base_model(transactional_db, owner, page, tmp_path):
+    from lora_engine.tiny import tiny_config
+    from webapp.basemodels.models import BaseModel
+
+    make_dataset(owner)
+    llama = make_base_model(owner)
+    gpt2 = BaseModel.objects.create(owner=owner, name="tiny-gpt2", source=BaseModel.Source.LOCAL,
+                                    local_path="/nowhere", model_type="gpt2", config=tiny_config("gpt2").to_dict())
+    server, base_url = start_asgi_server(tmp_path)
+    try:
+        log_in(page, base_url, owner.username, PASSWORD)
+        page.goto(f"{base_url}/jobs/new/")
         targets = page.locator("input[name=targets]")
         assert targets.input_value() == "q_proj,v_proj"
         page.select_option("select[name=base_model]", str(gpt2.id))
