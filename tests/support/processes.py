@@ -96,7 +96,11 @@ def start_asgi_server(tmp_path: Path, port: int | None = None, workers: int = 1,
                     "--workers", str(workers)],
                    process_env(**env), tmp_path / f"asgi-{port}-{time.monotonic_ns()}.log")
     base_url = f"http://127.0.0.1:{port}"
-    wait_for_http(f"{base_url}/healthz", proc)
+    try:
+        wait_for_http(f"{base_url}/healthz", proc)
+    except BaseException:
+        proc.stop()  # a server that never answered (or an interrupted wait) must not outlive the caller
+        raise
     return proc, base_url
 
 
