@@ -14,6 +14,7 @@ from lora_engine.device import (
     is_out_of_memory,
     memory_baseline,
     memory_snapshot,
+    release_free_heap,
     reset_peak_memory,
     resolve_device,
     synchronize,
@@ -98,3 +99,22 @@ def test_cpu_memory_snapshot_counts_growth_over_a_baseline_and_its_peak_can_be_r
     assert (48 << 20) <= now <= peak < 128 << 20
     del block
     assert memory_baseline(torch.device("cuda")) == 0  # CUDA's allocator numbers need no baseline
+
+
+def _small_tensors() -> list[torch.Tensor]:
+    """~160 MiB in 16 KiB tensors: heap blocks (not mmapped) that glibc keeps after they are freed."""
+    return [torch.ones(64, 64) for _ in range(10000)]
+
+
+@pytest.mark.skipif(not release_free_heap(), reason="no malloc_trim (not glibc)")
+def test_a_run_after_another_in_the_same_process_measures_its_own_growth():
+    cpu = torch.device("cpu")
+    earlier_run = _small_tensors()
+    del earlier_run  # freed, but kept by the allocator
+    reset_peak_memory(cpu)  # a new run starts in the same worker process
+    baseline = memory_baseline(cpu)
+    this_run = _small_tensors()
+    _, peak = memory_snapshot(cpu, baseline)
+    assert peak > 100 << 20  # its own ~160 MiB, not the ~0 of reusing the earlier run's free blocks
+    del this_run
+    release_free_heap()
