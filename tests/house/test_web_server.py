@@ -62,7 +62,12 @@ def test_two_worker_processes_serve_and_stop_with_the_server(transactional_db, t
 
         # each worker listens on a socket of its own, and a burst of keep-alive connections is spread over both
         port = int(base_url.rsplit(":", 1)[1])
-        listening = {pid: _tcp_sockets_of(pid, port, LISTEN) for pid in workers}
+        # a worker listens once it has started (the health check above may all have gone to the first one)
+        def every_worker_listening() -> dict[int, set[int]] | None:
+            found = {pid: _tcp_sockets_of(pid, port, LISTEN) for pid in workers}
+            return found if all(found.values()) else None
+
+        listening = wait_until(every_worker_listening, timeout=120, message="both workers listening")
         assert all(len(sockets) == 1 for sockets in listening.values()), listening
         assert len(set().union(*listening.values())) == 2, listening
         clients = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(40)]
