@@ -104,6 +104,15 @@ def _import_libraries() -> None:
     from . import data, device, quant, session  # noqa: F401
 
 
+def _start_measuring(device: str) -> int:
+    """Start both sides' memory window alike, after their imports: the free heap handed back and the peak reset
+    (as the engine's ``train()`` does again at its start); returns the baseline, the resident memory now."""
+    from .device import reset_peak_memory, resolve_device
+
+    reset_peak_memory(resolve_device(device))
+    return _memory(device)[0]
+
+
 def _memory(device: str) -> tuple[int, int]:
     """(now, peak) bytes: resident set size on CPU, the allocator's numbers on CUDA."""
     from .device import memory_snapshot, resolve_device
@@ -167,7 +176,7 @@ def run_engine_side(spec: BenchSpec) -> SideResult:
     from .trainer import train
 
     _import_libraries()
-    baseline = _memory(spec.device)[0]
+    baseline = _start_measuring(spec.device)
     clock = _StepClock(resolve_device(spec.device))
     result = train(_run_config(spec), [clock])
     return clock.result("engine", spec.warmup, result.trainable_params, baseline)
@@ -213,7 +222,7 @@ def run_peft_side(spec: BenchSpec) -> SideResult:
 
     from .device import resolve_device
 
-    baseline = _memory(spec.device)[0]
+    baseline = _start_measuring(spec.device)
     device = resolve_device(spec.device)
     config = _run_config(spec)
     torch.manual_seed(spec.seed)

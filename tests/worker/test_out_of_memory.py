@@ -31,15 +31,21 @@ LONGEST = 131072  # the longest sequence length a job may ask for
 
 
 def test_out_of_memory_in_training_fails_with_guidance_and_the_worker_takes_the_next_job(
-        transactional_db, owner, base_model, dataset, workers):
+        transactional_db, owner, base_model, dataset, workers, tmp_path):
+    from lora_engine.tiny import save_tiny_model
+    from webapp.basemodels.actions import register_local_model
     from webapp.datasets.actions import create_dataset
+
+    # a tiny Llama that declares LONGEST positions (rotary: no table grows with it), so the launch accepts the length
+    long_model = register_local_model(owner, "tiny-llama-long-context", str(save_tiny_model(
+        tmp_path / "tiny-llama-long", arch="llama", hidden_size=32, layers=2, heads=4, max_positions=LONGEST)))
 
     # Rows of very different lengths padded into one batch of the longest sequence length: the attention mask
     # alone (batch x length x length) is far beyond the worker's memory.
     long_text = "the quick brown fox jumps over the lazy dog " * (LONGEST // 4)
     rows = [json.dumps({"text": long_text if i % 2 else f"short row {i}"}) for i in range(4)]
     long_rows = create_dataset(owner, "long.jsonl", ["\n".join(rows).encode() + b"\n"])
-    huge = create_job(owner, long_rows, base_model, {**TINY_RUN, "max_seq_len": LONGEST, "max_steps": 2},
+    huge = create_job(owner, long_rows, long_model, {**TINY_RUN, "max_seq_len": LONGEST, "max_steps": 2},
                       suffix="too-big")
     worker = workers("capped", memory_limit=MEMORY_LIMIT)
     wait_for_end(huge, timeout=180)
