@@ -9,11 +9,14 @@
 # DEVICE: auto|cpu|cuda (lora_engine/device.py). THREADS: torch threads in both sides (0: torch's default).
 # STEPS / SMALL_STEPS: optimizer steps of the main runs / of the slow ones (bf16 on a CPU without bf16
 # instructions, the 30M model). REPEATS: alternate the sides this many times, keep the fastest.
+# DATA_FILE: the instruction data set of rows 07-11 (default: LLaMA-Factory's Alpaca demo from ../shared/data;
+# rows 01-06 train on packed rows, where both sides do the same work; 07-11 on the examples as users upload them).
 # SECTION: the section to write (NO_WRITE=1 prints the Markdown instead).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=${DEVICE:-cpu} THREADS=${THREADS:-1} STEPS=${STEPS:-12} SMALL_STEPS=${SMALL_STEPS:-8} REPEATS=${REPEATS:-2}
 SECTION=${SECTION:-engine} PYTHON=${PYTHON:-.venv/bin/python}
+DATA_FILE=${DATA_FILE:-../shared/data/peers/alpaca_en_demo.json} SFT_SEQ=${SFT_SEQ:-512}
 [ -x "$PYTHON" ] || PYTHON=python
 OUT=$(mktemp -d /tmp/engine-matrix-XXXXXX)
 # the section's heading and the machine, as it is when the matrix starts
@@ -32,13 +35,25 @@ run 03-fp32-lora-r64-all --steps "$STEPS" --warmup 2 --rank 64 --targets all-lin
 run 04-bf16-lora-r8-qv --steps "$SMALL_STEPS" --warmup 2 --batch-size 2 --precision bf16 --repeats "$REPEATS"
 run 05-bf16-nf4-r8-qv --steps "$SMALL_STEPS" --warmup 2 --batch-size 2 --precision bf16 --quant nf4 --repeats "$REPEATS"
 run 06-mfu-30m-fp32 --steps "$SMALL_STEPS" --warmup 2 --hidden-size 512 --layers 8 --repeats "$REPEATS"
+if [ -f "$DATA_FILE" ]; then
+  sft() { run "$1" --data-file "$DATA_FILE" --seq-len "$SFT_SEQ" --warmup 2 --repeats "$REPEATS" "${@:2}"; }
+  sft 07-sft-fp32-lora-r8-qv --steps "$STEPS"
+  sft 08-sft-fp32-nf4-r8-qv --steps "$STEPS" --quant nf4
+  sft 09-sft-fp32-lora-r64-all --steps "$STEPS" --rank 64 --targets all-linear
+  sft 10-sft-bf16-lora-r8-qv --steps "$SMALL_STEPS" --precision bf16
+  sft 11-sft-bf16-nf4-r8-qv --steps "$SMALL_STEPS" --precision bf16 --quant nf4
+else
+  echo "no $DATA_FILE: rows 07-11 (instruction data) left out" >&2
+fi
 
 {
   echo "## Engine benchmark (\`bash benchmarks/engine_matrix.sh\`: \`python -m lora_engine.bench\` per row)"
   echo
   cat "$OUT/machine.md"
   echo "Rows ran one after another from then on: device $DEVICE, $THREADS torch thread(s) per side (0: torch's" \
-       "default), $STEPS steps ($SMALL_STEPS for bf16 and the d=512 model), every row alternating the sides $REPEATS times and keeping the fastest."
+       "default), $STEPS steps ($SMALL_STEPS for bf16 and the d=512 model), every row alternating the sides $REPEATS times and keeping the fastest." \
+       "Rows 01-06 train on packed rows of random sentences (no padding, every token a target: both sides do the same" \
+       "work); rows 07-11 on $(basename "$DATA_FILE") as uploaded (one example per row, prompt masked, up to $SFT_SEQ tokens)."
   echo
   "$PYTHON" -m lora_engine.bench_report "$OUT"/*.json
 } >"$OUT/engine.md"

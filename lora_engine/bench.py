@@ -3,13 +3,24 @@
     python -m lora_engine.bench [--device auto|cpu|cuda] [--precision fp32|bf16] [--rank 8]
                                 [--targets q_proj,v_proj|all-linear] [--quant none|nf4] [--seq-len 256]
                                 [--steps 20] [--threads N] [--gradient-checkpointing] [--markdown FILE]
+                                [--data-file alpaca.json]
 
 Both sides train the same random-init Llama (a few million parameters, built with :mod:`lora_engine.tiny`)
-on the same packed token rows in the same order (the engine's data pipeline and
+on the same batches in the same order (the engine's data pipeline and
 :class:`~lora_engine.session.MicroBatchStream` feed both), with the same rank, alpha, targets, AdamW
 settings, gradient clipping, autocast precision, device and torch thread count (``--threads``, set in
 both worker processes). The engine side is the public ``train()``; the peft side is ``get_peft_model`` and a
 ten-line loop using the model's own loss.
+
+Two kinds of data:
+
+- by default, random sentences packed into full rows of ``--seq-len`` tokens, every token a target: no padding
+  and no prompt, so both sides do exactly the same work (the kernels compared);
+- ``--data-file``: a real instruction data set (Alpaca, ShareGPT, …, as users upload it), one example per row,
+  the prompt masked, micro-batches right-padded to their longest row as Hugging Face's collators pad them (what
+  the peft side trains on, like LLaMA-Factory's loop); the engine lays them end to end instead
+  (:mod:`lora_engine.padding_free`) and computes the head only on the answer tokens. The tiny tokenizer is then
+  trained on the file's own texts, so an example has about as many tokens as a real tokenizer would give it.
 
 Each side runs in a fresh interpreter, so one side's peak resident memory cannot contaminate the other's.
 Throughput counts non-padding tokens over the steps after the first ``--warmup`` ones.
@@ -19,6 +30,7 @@ Model FLOPs per token (the usual convention, adapted to LoRA where frozen weight
     4·N_frozen + 6·N_lora + 12·L·T·d
     # forward 2N, backward input-gradients 2N; adapters also get weight gradients (2N more);
     # attention scores and values: 4·T·d per layer and token forward, twice that backward
+    # (T: the row length; with --data-file the examples' mean length, as attention stays within an example)
 
 MFU divides achieved model FLOP/s by a measured matmul peak (a large fp32 matmul, and the bf16 one when
 training in bf16), so it is honest on whatever CPU or GPU runs it.
@@ -74,6 +86,8 @@ class BenchSpec:
     threads: int = 0
     """torch intra-op threads in both sides' processes (0: torch's default)."""
     gradient_checkpointing: bool = False
+    data_file: str = ""
+    """An instruction data set to train on (any format the engine reads); empty: packed random sentences."""
     model_dir: str = ""
     data_path: str = ""
     work_dir: str = ""
@@ -163,7 +177,8 @@ def _run_config(spec: BenchSpec):
         model=spec.model_dir, output_dir=str(Path(spec.work_dir) / "engine-out"), device=spec.device,
         lora=LoraConfig(rank=spec.rank, alpha=2.0 * spec.rank, targets=spec.targets),
         quant=QuantConfig(mode=spec.quant, compute_dtype=spec.precision),
-        data=DataConfig(path=spec.data_path, format="text", max_seq_len=spec.seq_len, packing=True),
+        data=DataConfig(path=spec.data_path, format="auto" if spec.data_file else "text", max_seq_len=spec.seq_len,
+                        packing=not spec.data_file),
         train=TrainConfig(learning_rate=spec.learning_rate, schedule="constant", max_steps=spec.steps,
                           batch_size=spec.batch_size, precision=spec.precision, seed=spec.seed, max_grad_norm=1.0,
                           gradient_checkpointing=spec.gradient_checkpointing),
@@ -268,8 +283,8 @@ def measure_matmul_peak(dtype: torch.dtype = torch.float32, size: int = 2048, se
     return best
 
 
-def flops_per_token(spec: BenchSpec, trainable_params: int) -> float:
-    """Model FLOPs per trained token (see the module docstring)."""
+def flops_per_token(spec: BenchSpec, trainable_params: int, row_tokens: float | None = None) -> float:
+    """Model FLOPs per trained token (see the module docstring); ``row_tokens``: T (default ``spec.seq_len``)."""
     from transformers import AutoModelForCausalLM
 
     from .tiny import tiny_config
@@ -279,7 +294,33 @@ def flops_per_token(spec: BenchSpec, trainable_params: int) -> float:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     frozen = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-    return 4.0 * frozen + 6.0 * trainable_params + 12.0 * spec.layers * spec.seq_len * spec.hidden_size
+    row = spec.seq_len if row_tokens is None else row_tokens
+    return 4.0 * frozen + 6.0 * trainable_params + 12.0 * spec.layers * row * spec.hidden_size
+
+
+def _texts(value: Any) -> list[str]:
+    """Every string inside a parsed JSON value."""
+    if isinstance(value, str):
+        return [value]
+    values = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return [text for item in values for text in _texts(item)]
+
+
+def _data_file_texts(path: str) -> list[str]:
+    """The texts of a JSON or JSONL data set (the tokenizer's corpus)."""
+    raw = Path(path).read_text(encoding="utf-8")
+    if Path(path).suffix.lower() == ".json":
+        return _texts(json.loads(raw))
+    return [text for line in raw.splitlines() if line.strip() for text in _texts(json.loads(line))]
+
+
+def mean_example_tokens(spec: BenchSpec) -> float:
+    """Mean tokens per training example of ``spec``'s data (prepared as both sides prepare it)."""
+    from .data import prepare_data
+    from .quant import load_tokenizer
+
+    data = prepare_data(_run_config(spec).data, load_tokenizer(spec.model_dir), spec.seed)
+    return sum(len(e.input_ids) for e in data.train) / len(data.train)
 
 
 def prepare_inputs(spec: BenchSpec, work_dir: Path) -> BenchSpec:
@@ -289,9 +330,13 @@ def prepare_inputs(spec: BenchSpec, work_dir: Path) -> BenchSpec:
 
     from .tiny import save_tiny_model
 
+    corpus = _data_file_texts(spec.data_file) if spec.data_file else ()
     model_dir = save_tiny_model(work_dir / "model", arch="llama", seed=spec.seed, hidden_size=spec.hidden_size,
                                 layers=spec.layers, heads=spec.heads, intermediate_size=spec.intermediate_size,
-                                vocab_size=spec.vocab_size, max_positions=max(512, spec.seq_len))
+                                vocab_size=spec.vocab_size, max_positions=max(512, spec.seq_len), corpus=corpus)
+    if spec.data_file:
+        return replace(spec, model_dir=str(model_dir), data_path=str(Path(spec.data_file).resolve()),
+                       work_dir=str(work_dir))
     rng = random.Random(spec.seed)
     rows = max(64, spec.steps * spec.batch_size * spec.seq_len // 40)  # ~40+ tokens a row: several epochs' worth
     data_path = work_dir / "data.jsonl"
@@ -337,6 +382,7 @@ def run_benchmark(spec: BenchSpec, repeats: int = 1) -> dict[str, Any]:
     before = measure_peaks()
     with tempfile.TemporaryDirectory(prefix="lora-bench-") as tmp:
         spec = prepare_inputs(spec, Path(tmp))
+        row_tokens = mean_example_tokens(spec) if spec.data_file else None
         runs: dict[str, list[SideResult]] = {side: [] for side in SIDES}
         for _ in range(max(1, repeats)):
             for side in SIDES:
@@ -348,7 +394,7 @@ def run_benchmark(spec: BenchSpec, repeats: int = 1) -> dict[str, Any]:
     sides = {side: max(results, key=lambda r: r.tokens_per_second) for side, results in runs.items()}
     for side, results in runs.items():
         sides[side].extra["tokens_per_second_all_runs"] = [r.tokens_per_second for r in results]
-    per_token = flops_per_token(spec, sides["engine"].trainable_params)
+    per_token = flops_per_token(spec, sides["engine"].trainable_params, row_tokens)
     for result in sides.values():
         result.mfu = result.tokens_per_second * per_token / peak["fp32"]
         if "bf16" in peak:
@@ -361,6 +407,8 @@ def run_benchmark(spec: BenchSpec, repeats: int = 1) -> dict[str, Any]:
         / max(1, ref.peak_memory_bytes - ref.baseline_memory_bytes),
     }
     spec_dict = {k: v for k, v in asdict(spec).items() if k not in ("model_dir", "data_path", "work_dir")}
+    spec_dict["data_file"] = Path(spec.data_file).name if spec.data_file else ""
+    spec_dict["mean_example_tokens"] = row_tokens
     return {"spec": spec_dict, "machine": machine_description(), "peak_flops": peak, "flops_per_token": per_token,
             "sides": {name: asdict(r) for name, r in sides.items()}, "ratios": ratios}
 
@@ -385,6 +433,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--intermediate-size", type=int, default=None,
                    help="MLP width (default: 2.6875 × hidden size, which gives 688 at 256, 1376 at 512)")
     p.add_argument("--heads", type=int, default=d.heads)
+    p.add_argument("--data-file", default="", help="an instruction data set (JSON/JSONL) instead of packed rows")
     p.add_argument("--repeats", type=int, default=1, help="alternate the sides this many times; keep the fastest")
     p.add_argument("--markdown", default=None, help="also write the results as Markdown to this file")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
@@ -417,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
                      seq_len=args.seq_len, steps=args.steps, warmup=min(args.warmup, max(0, args.steps - 2)),
                      batch_size=args.batch_size, hidden_size=args.hidden_size, layers=args.layers,
                      heads=args.heads, intermediate_size=intermediate, threads=args.threads,
-                     device=str(resolve_device(args.device)), gradient_checkpointing=args.gradient_checkpointing)
+                     device=str(resolve_device(args.device)), gradient_checkpointing=args.gradient_checkpointing,
+                     data_file=args.data_file)
     report = run_benchmark(spec, repeats=args.repeats)
     text = format_markdown(report)
     print(json.dumps(report, indent=2) if args.json else text)

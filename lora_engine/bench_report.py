@@ -42,8 +42,8 @@ def format_markdown(report: dict[str, Any]) -> str:
         f"torch {m['torch']} ({m['torch_threads']} threads), transformers {m['transformers']}, "
         f"Python {m['python']}, CUDA: {m['cuda']}.", "",
         f"Setting: Llama d={s['hidden_size']} L={s['layers']} vocab={s['vocab_size']}, rank {s['rank']}, targets "
-        f"{','.join(s['targets'])}, quant {s['quant']}, precision {s['precision']}, batch {s['batch_size']} × "
-        f"seq {s['seq_len']}, {s['steps']} AdamW steps ({s['warmup']} untimed), device {s.get('device', 'cpu')}, "
+        f"{','.join(s['targets'])}, quant {s['quant']}, precision {s['precision']}, {_data(s)}, "
+        f"{s['steps']} AdamW steps ({s['warmup']} untimed), device {s.get('device', 'cpu')}, "
         f"gradient checkpointing {'on' if s.get('gradient_checkpointing') else 'off'}.", "",
         f"Measured matmul peak: {report['peak_flops']['fp32'] / 1e9:.1f} GFLOP/s fp32"
         + (f", {report['peak_flops']['bf16'] / 1e9:.1f} GFLOP/s bf16" if "bf16" in report["peak_flops"] else "")
@@ -62,11 +62,20 @@ def format_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _data(spec: dict[str, Any]) -> str:
+    if not spec.get("data_file"):
+        return f"batch {spec['batch_size']} × seq {spec['seq_len']} (packed rows, every token a target)"
+    return (f"batch {spec['batch_size']} examples of {spec['data_file']} (up to {spec['seq_len']} tokens, mean "
+            f"{spec.get('mean_example_tokens') or 0:.0f}; prompt masked; the peft side pads each batch to its longest "
+            "example, the engine lays the examples end to end)")
+
+
 def _setting(spec: dict[str, Any]) -> str:
     quant = "LoRA" if spec["quant"] == "none" else f"QLoRA {spec['quant'].upper()}"
     size = f"d={spec['hidden_size']} L={spec['layers']}"
     shape = f"{spec['batch_size']}×{spec['seq_len']}" + (" GC" if spec.get("gradient_checkpointing") else "")
-    return f"{quant} {spec['precision']} r{spec['rank']} {','.join(spec['targets'])}, {size}, {shape}"
+    data = f", {spec['data_file']}" if spec.get("data_file") else ""
+    return f"{quant} {spec['precision']} r{spec['rank']} {','.join(spec['targets'])}, {size}, {shape}{data}"
 
 
 def summary_markdown(reports: list[dict[str, Any]], speed_target: float = 1.3, memory_target: float = 0.8) -> str:

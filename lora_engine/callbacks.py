@@ -32,6 +32,8 @@ class RunInfo:
     skipped_rows: int = 0
     """Rows left out of training: after cutting to ``max_seq_len`` no answer token was left to learn from."""
     max_seq_len: int = 0
+    padding_free: bool = False
+    """Micro-batches are laid end to end without padding (:mod:`lora_engine.padding_free`)."""
 
     @property
     def skipped_rows_warning(self) -> str | None:

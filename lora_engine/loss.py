@@ -13,11 +13,14 @@ selecting them needs no device sync.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional name
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from .padding_free import SEQUENCES_KWARG, flatten
 
 IGNORE_INDEX = -100
 CHUNK_BYTES = 128 * 2**20  # fp32 logits per chunk at most: 1024 rows of a 32k vocabulary
@@ -43,24 +46,37 @@ ROW_BUCKET / 2 extra rows of head matmul per micro-batch (~1 ms in a 16 ms bf16 
 class LossBatch:
     """One micro-batch on the device, with the positions the loss is computed on."""
 
-    input_ids: Tensor  # (B, T)
-    attention_mask: Tensor  # (B, T)
+    input_ids: Tensor  # (B, T); (1, N) when padding-free
+    attention_mask: Tensor | None  # (B, T); None when padding-free
     positions: Tensor  # (K,) rows of the flattened (B*T) hidden states that predict a label
     targets: Tensor  # (K,) the token each of those rows should predict
     n_targets: int  # K, known on the CPU
     n_tokens: int  # non-padding tokens fed to the model
+    position_ids: Tensor | None = None  # (1, N) when padding-free: from 0 in each example
+    sequences: tuple[tuple[int, int], ...] | None = None  # (start, end) of each example when padding-free
+
+    def model_inputs(self) -> dict[str, Any]:
+        """Keyword arguments for the model's forward (without ``use_cache``)."""
+        if self.sequences is None:
+            return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        return {"input_ids": self.input_ids, "position_ids": self.position_ids, SEQUENCES_KWARG: self.sequences}
 
 
-def make_loss_batch(batch: dict[str, Tensor], device: torch.device) -> LossBatch:
+def make_loss_batch(batch: dict[str, Tensor], device: torch.device, padding_free: bool = False) -> LossBatch:
     """Turn a CPU batch (input_ids, labels, attention_mask) into a :class:`LossBatch` on ``device``.
 
     Args:
         batch: CPU tensors of shape (B, T); ``labels`` is -100 where no loss is taken.
         device: where the model lives.
+        padding_free: lay a padded batch's rows end to end (:mod:`lora_engine.padding_free`; only for a model
+            :func:`lora_engine.padding_free.enable` switched).
 
     Returns:
         The batch with shifted target positions, moved to ``device`` without a sync.
     """
+    flat = flatten(batch) if padding_free else None
+    if flat is not None:
+        batch = {"input_ids": flat["input_ids"], "labels": flat["labels"]}
     input_ids, labels = batch["input_ids"], batch["labels"]
     attention_mask = batch.get("attention_mask")
     if attention_mask is None:
@@ -73,11 +89,13 @@ def make_loss_batch(batch: dict[str, Tensor], device: torch.device) -> LossBatch
     non_blocking = device.type == "cuda"
     return LossBatch(
         input_ids=input_ids.to(device, non_blocking=non_blocking),
-        attention_mask=attention_mask.to(device, non_blocking=non_blocking),
+        attention_mask=None if flat else attention_mask.to(device, non_blocking=non_blocking),
         positions=positions.to(device, non_blocking=non_blocking),
         targets=targets.to(device, non_blocking=non_blocking),
         n_targets=int(positions.numel()),
         n_tokens=int(attention_mask.sum()),
+        position_ids=flat["position_ids"].to(device, non_blocking=non_blocking) if flat else None,
+        sequences=flat["sequences"] if flat else None,
     )
 
 
@@ -200,10 +218,10 @@ def causal_lm_loss_sum(model: nn.Module, batch: LossBatch) -> Tensor:
     """
     head = model.get_output_embeddings()
     if head is None or _has_logit_transform(model):
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        logits = model(**batch.model_inputs(), use_cache=False).logits
         rows = logits.flatten(0, 1).index_select(0, batch.positions).float()  # (K, V)
         return F.cross_entropy(rows, batch.targets, reduction="sum")
-    out = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    out = model.base_model(**batch.model_inputs(), use_cache=False)
     hidden = out[0]  # (B, T, C)
     rows = hidden.flatten(0, 1).index_select(0, batch.positions)  # (K, C)
     return head_cross_entropy_sum(rows, head, batch.targets)

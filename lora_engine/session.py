@@ -76,6 +76,8 @@ class Session:
     total_steps: int
     pad_token_id: int
     estimated_peak_bytes: int | None = None
+    padding_free: bool = False
+    """Micro-batches are laid end to end without padding (:mod:`lora_engine.padding_free`)."""
     memory_baseline_bytes: int = 0
     """Left out of every memory reading: on CPU the process's RSS before the model loaded (see
     :func:`lora_engine.device.memory_baseline`), so readings compare with the memory estimate."""
@@ -144,6 +146,7 @@ def setup_session(config: RunConfig) -> Session:
     from .data import prepare_data
     from .device import memory_baseline, reset_peak_memory, resolve_device
     from .inject import inject_lora
+    from .padding_free import enable as enable_padding_free
     from .quant import load_tokenizer
 
     device = resolve_device(config.device)
@@ -157,6 +160,7 @@ def setup_session(config: RunConfig) -> Session:
     # rows longer than the model's position table would fail mid-run with an IndexError: say so now instead
     check_sequence_length(model.config.to_dict(), config.data.max_seq_len, config.model)
     report = inject_lora(model, config.lora)
+    padding_free = enable_padding_free(model, config.data.max_seq_len)
     params = [p for p in model.parameters() if p.requires_grad]
     t = config.train
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay,
@@ -168,4 +172,5 @@ def setup_session(config: RunConfig) -> Session:
         schedule=LRSchedule(t.learning_rate, total, t.warmup_steps, t.schedule), total_steps=total,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         estimated_peak_bytes=_estimate_peak(config, model), memory_baseline_bytes=baseline,
+        padding_free=padding_free,
     )

@@ -7,6 +7,7 @@ model weights are random.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -46,12 +47,15 @@ _CORPUS = [
 ]
 
 
-def build_tiny_tokenizer(vocab_size: int = 512, chat_template: bool = True) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer on a built-in corpus.
+def build_tiny_tokenizer(vocab_size: int = 512, chat_template: bool = True,
+                         corpus: Sequence[str] = ()) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on a built-in corpus (and ``corpus``).
 
     Args:
         vocab_size: target vocabulary size (byte alphabet + merges + special tokens).
         chat_template: attach :data:`CHAT_TEMPLATE` so chat data renders through it.
+        corpus: more texts to learn merges from: a data set's own texts give it about as many tokens per
+            word as a real tokenizer would (the built-in corpus alone leaves most words a few bytes each).
 
     Returns:
         A fast tokenizer with pad/bos/eos tokens set.
@@ -65,7 +69,7 @@ def build_tiny_tokenizer(vocab_size: int = 512, chat_template: bool = True) -> P
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    raw.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    raw.train_from_iterator([*_CORPUS * 4, *corpus], trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw,
         pad_token="<|pad|>",
@@ -119,16 +123,18 @@ def build_tiny_model(arch: str = "llama", seed: int = 0, **config_overrides) -> 
 
 
 def save_tiny_model(
-    out_dir: str | Path, arch: str = "llama", seed: int = 0, chat_template: bool = True, **config_overrides
+    out_dir: str | Path, arch: str = "llama", seed: int = 0, chat_template: bool = True,
+    corpus: Sequence[str] = (), **config_overrides
 ) -> Path:
-    """Build a tiny model and tokenizer and save them as a Hugging Face model directory.
+    """Build a tiny model and tokenizer (trained on ``corpus`` too) and save them as a Hugging Face model directory.
 
     Returns:
         The directory, loadable with ``from_pretrained``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tiny_tokenizer(vocab_size=config_overrides.get("vocab_size", 512), chat_template=chat_template)
+    tokenizer = build_tiny_tokenizer(vocab_size=config_overrides.get("vocab_size", 512), chat_template=chat_template,
+                                     corpus=corpus)
     model = build_tiny_model(arch, seed=seed, **config_overrides)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

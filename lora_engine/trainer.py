@@ -143,6 +143,7 @@ def _train(config: RunConfig, callbacks: list[TrainingCallback]) -> TrainResult:
         total_params=s.report.total_params, adapter_bytes=s.report.adapter_bytes, train_rows=len(s.data.train),
         eval_rows=len(s.data.eval), device=str(s.device), estimated_peak_bytes=s.estimated_peak_bytes,
         rows=s.data.rows, skipped_rows=s.data.skipped_rows, max_seq_len=config.data.max_seq_len,
+        padding_free=s.padding_free,
     ))
     stopped_early, last_checkpoint = _run_loop(s, state, callbacks)
     return _finish(s, state, callbacks, start_step, stopped_early, last_checkpoint)
@@ -163,7 +164,7 @@ def _run_loop(s: Session, state: ckpt.TrainerState, callbacks: list[TrainingCall
         lr = s.schedule.get_lr(state.step)
         for group in s.optimizer.param_groups:
             group["lr"] = lr
-        micro_batches = [make_loss_batch(stream.next(), s.device) for _ in range(t.grad_accum)]  # each (B, T)
+        micro_batches = [make_loss_batch(stream.next(), s.device, s.padding_free) for _ in range(t.grad_accum)]
         loss, grad_norm = _optimizer_step(s, micro_batches)  # the step's one device sync
         if not math.isfinite(loss):
             raise TrainingDiverged(
@@ -253,7 +254,7 @@ def estimate_loss(s: Session) -> float:
     n_targets = 0
     for batch in batches(s.data.eval, s.config.train.batch_size, s.pad_token_id, s.config.train.seed, 0,
                          shuffle=False):
-        mb = make_loss_batch(batch, s.device)
+        mb = make_loss_batch(batch, s.device, s.padding_free)
         with s.autocast():
             total += causal_lm_loss_sum(s.model, mb)
         n_targets += mb.n_targets

@@ -13,11 +13,14 @@ from lora_engine.bench import (
     flops_per_token,
     format_markdown,
     main,
+    mean_example_tokens,
     prepare_inputs,
     run_engine_side,
     run_peft_side,
 )
 from lora_engine.bench_report import summary_markdown
+
+from ._data_helpers import peer
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +47,20 @@ def test_all_linear_with_gradient_checkpointing_is_the_same_run_on_both_sides(sp
     assert engine.trainable_params == peft.trainable_params == 4 * (128 + 96 * 2 + 128 + 192 * 3)
     assert engine.first_loss == pytest.approx(peft.first_loss, rel=1e-4)
     assert engine.final_loss == pytest.approx(peft.final_loss, rel=1e-2)
+
+
+def test_on_an_instruction_data_set_both_sides_see_the_same_examples_padded_or_not(tmp_path):
+    tiny = BenchSpec(seq_len=128, steps=3, warmup=1, batch_size=4, hidden_size=64, layers=1, heads=4,
+                     intermediate_size=128, vocab_size=1024, data_file=str(peer("alpaca_en_demo.json")))
+    spec = prepare_inputs(tiny, tmp_path)
+    engine, peft = run_engine_side(spec), run_peft_side(spec)
+    # the same examples in the same order: the same first loss and the same real (non-padding) tokens; the peft
+    # side pads each batch, the engine lays it end to end (so its loss is summed in another order)
+    assert engine.first_loss == pytest.approx(peft.first_loss, rel=1e-4)
+    assert engine.final_loss == pytest.approx(peft.final_loss, rel=1e-3)
+    assert engine.timed_tokens == peft.timed_tokens
+    # the tokenizer learnt the data's words: an example is tens of tokens, not hundreds of bytes
+    assert 20 < mean_example_tokens(spec) < 128
 
 
 def test_a_worker_process_uses_the_thread_count_of_the_spec(spec, monkeypatch, capsys):

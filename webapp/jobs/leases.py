@@ -61,9 +61,10 @@ def record_run_info(lease: Lease, info: Any, device_name: str) -> Job | None:
             add_event(job, f"Resumed from the checkpoint at step {info.start_step} of {info.total_steps}.",
                       start_step=info.start_step, attempt=lease.attempt)
         else:
+            batches = "; batches without padding" if info.padding_free else ""
             add_event(job, f"Training started: {info.total_steps} steps, {info.train_rows} training rows, "
-                           f"{info.trainable_params:,} trainable parameters on {device_name}.",
-                      start_step=0, attempt=lease.attempt)
+                           f"{info.trainable_params:,} trainable parameters on {device_name}{batches}.",
+                      start_step=0, attempt=lease.attempt, padding_free=info.padding_free)
             warning = info.skipped_rows_warning
             if warning:  # rows silently missing from training would look like a data set that trains badly
                 add_event(job, warning, level="warning", skipped_rows=info.skipped_rows, rows=info.rows,
