@@ -8,6 +8,9 @@ A checkpoint directory ``<output_dir>/checkpoints/step-000123/`` holds:
 - ``scheduler.json``, ``rng.pt``, ``trainer_state.json`` (step, data position, tokens, loss history, config);
 - ``COMPLETE``: written last. A directory without it is ignored (and removed by the next save).
 
+The newest ``keep`` checkpoints are kept, and also the one at the step of the lowest eval loss so far (when a
+checkpoint was saved at an evaluated step): people can turn that one into an adapter after the run overfits.
+
 Nothing here unpickles: safetensors for weights, ``torch.load(..., weights_only=True)`` for the rest.
 """
 
@@ -58,6 +61,12 @@ class TrainerState:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def best_eval_step(self) -> int | None:
+        """The step of the lowest eval loss so far (the earliest of equals), or None before any evaluation."""
+        if not self.evals:
+            return None
+        return min(self.evals, key=lambda e: (e["eval_loss"], e["step"]))["step"]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainerState:
@@ -151,7 +160,7 @@ def save_checkpoint(
         device: the training device (for its RNG state).
         scaler: the fp16 grad scaler, if enabled.
         save_adapter_fn: ``fn(model, out_dir)`` writing the PEFT-layout adapter, or None to skip it.
-        keep: how many complete checkpoints to keep (older ones are deleted).
+        keep: how many complete checkpoints to keep (older ones are deleted, except the best-eval one).
 
     Returns:
         The checkpoint directory.
@@ -184,7 +193,7 @@ def save_checkpoint(
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    prune_checkpoints(output_dir, keep)
+    prune_checkpoints(output_dir, keep, best_step=state.best_eval_step())
     return final
 
 
@@ -194,11 +203,13 @@ def _torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, handle)
 
 
-def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` complete checkpoints, and leftover temp directories."""
+def prune_checkpoints(output_dir: str | Path, keep: int, best_step: int | None = None) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints and the one at ``best_step`` (the lowest eval
+    loss), and leftover temp directories."""
     root = checkpoints_dir(output_dir)
-    for _, path in _complete_checkpoints(output_dir)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+    for step, path in _complete_checkpoints(output_dir)[:-keep]:
+        if step != best_step:
+            shutil.rmtree(path, ignore_errors=True)
     if root.is_dir():
         for path in root.glob(".tmp-*"):
             if not path.name.endswith(f"-{os.getpid()}"):

@@ -86,6 +86,20 @@ def test_latest_ignores_incomplete_checkpoints_and_keeps_the_last_k(tmp_path):
         load_checkpoint(crashed, model, optimizer, {"a": 1}, CPU)
 
 
+def test_the_best_eval_checkpoint_outlives_the_newest_ones(tmp_path):
+    model = TwoParams()
+    optimizer = _stepped_optimizer(model)
+    evals = []
+    for step, eval_loss in ((1, 3.0), (2, 1.5), (3, 2.0), (4, 2.5), (5, 1.5)):
+        evals.append({"step": step, "eval_loss": eval_loss, "perplexity": 1.0})
+        state = TrainerState(step=step, losses=[1.0] * step, evals=list(evals))
+        save_checkpoint(tmp_path, model, optimizer, {}, state, {"a": 1}, CPU, keep=1)
+        names = sorted(p.name for p in checkpoints_dir(tmp_path).iterdir())
+        # step 2 has the lowest eval loss from step 2 on (step 5 only ties it: the earlier one stays)
+        assert names == (["step-000001"] if step == 1 else sorted({"step-000002", f"step-{step:06d}"}))
+    assert TrainerState().best_eval_step() is None
+
+
 def test_leftover_temp_directories_are_cleaned_up(tmp_path):
     model = TwoParams()
     optimizer = _stepped_optimizer(model)

@@ -97,4 +97,21 @@ def objects(world, owner, owner_client) -> dict[str, str]:
     from webapp.accounts.keys import create_api_key
 
     ids["api_key"] = str(create_api_key(owner, name="rel")[0].pk)
+    ids["step"] = str(_checkpoint(world).step)
     return ids
+
+
+def _checkpoint(world: World):
+    """A checkpoint of the world's job holding the world adapter's files (an adapter can be made of it)."""
+    import shutil
+
+    from django.conf import settings
+
+    from webapp.jobs.models import Checkpoint
+
+    path = Path(settings.DATA_DIR) / "jobs" / str(world.job.id) / "checkpoints" / "step-000010"
+    path.mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copyfile(world.adapter.path / name, path / name)
+    return Checkpoint.objects.create(job=world.job, step=10, path=str(path.relative_to(settings.DATA_DIR)),
+                                     metrics={"step": 10, "train_loss": 1.0})

@@ -67,6 +67,7 @@ ROUTES: dict[str, Route] = {
     "jobs/<uuid:job_id>/delete": Route(PAGE, "job"),
     "jobs/<uuid:job_id>/outcome": Route(PAGE, "job"),
     "jobs/<uuid:job_id>/retry-oom": Route(PAGE, "job"),
+    "jobs/<uuid:job_id>/checkpoints/<int:step>/adapter": Route(PAGE, "job"),
     "adapters/": Route(PAGE),
     "adapters/upload/": Route(PAGE),
     "adapters/<uuid:adapter_id>/": Route(PAGE, "adapter"),
@@ -104,6 +105,7 @@ ROUTES: dict[str, Route] = {
     "api/jobs/<uuid:job_id>/metrics.csv": Route(API, "job"),
     "api/jobs/<uuid:job_id>/metrics.jsonl": Route(API, "job"),
     "api/jobs/<uuid:job_id>/log": Route(API, "job"),
+    "api/jobs/<uuid:job_id>/checkpoints/<int:step>/adapter": Route(API, "job"),
     "api/adapters/": Route(API),
     "api/adapters/<uuid:adapter_id>": Route(API, "adapter"),
     "api/adapters/<uuid:adapter_id>/download": Route(API, "adapter"),
@@ -135,7 +137,7 @@ WS_ROUTES = {
 # Which of the world's objects each URL parameter names.
 PARAM_OBJECTS = {"dataset_id": "dataset", "file_id": "dataset", "model_id": "base_model", "job_id": "job",
                  "adapter_id": "adapter", "merge_id": "merge", "sweep_id": "sweep", "session_id": "playground",
-                 "upload_id": "upload", "key_id": "api_key"}
+                 "upload_id": "upload", "key_id": "api_key", "step": "step"}
 
 
 def walk(patterns, prefix: str = ""):
@@ -212,7 +214,7 @@ def test_the_matrix(world, objects, owner_client, stranger_client, staff_client,
     bearer = {who: Client(HTTP_AUTHORIZATION=f"Bearer {key}")
               for who, key in (("owner", owner_key), ("stranger", stranger_key), ("staff", staff_key))}
     pages = {"owner": owner_client, "stranger": stranger_client, "staff": staff_client}
-    owner_marks = [value for key, value in objects.items() if key not in ("upload", "api_key")]  # not UUIDs
+    owner_marks = [value for key, value in objects.items() if key not in ("upload", "api_key", "step")]  # not UUIDs
     owner_marks += [uuid.UUID(v).hex for v in owner_marks] + [world.base_model.name]
     failures, cells = [], 0
     for route, pattern in walk(get_resolver().url_patterns):

@@ -66,6 +66,8 @@ def test_rslora_without_a_fixed_alpha_keeps_the_settings_alpha(owner, dataset, b
     sweep = create_sweep(owner, dataset, base_model, {"alpha": 12}, [4, 16], "rslora", None, 0.01)
     assert sweep.fixed_alpha == 12.0
     assert [j.alpha for j in sweep.jobs.order_by("rank")] == [12.0, 12.0]
+    # no eval fraction and no validation file: rows are held out, so the recommendation can use eval loss
+    assert {j.config["data"]["eval_fraction"] for j in sweep.jobs.all()} == {0.1}
 
 
 def test_it_is_all_or_nothing(owner, dataset, base_model, enqueued, django_capture_on_commit_callbacks):
@@ -99,6 +101,7 @@ def test_it_names_the_problem(owner, dataset, base_model, kwargs, param):
 
 def test_the_form_launches_a_sweep(owner_client, owner, dataset, base_model):
     page = owner_client.get("/sweeps/new/").content.decode()
+    assert 'name="eval_fraction" value="0.1"' in page
     assert 'value="1,2,4,8,16,32,64"' in page and 'name="rank"' not in page and 'name="alpha_rule"' in page
     form = {"dataset": dataset.id, "base_model": base_model.id, "ranks": "2,8", "alpha_rule": "alpha=r",
             "tolerance": "0.01", "name": "from-form"}

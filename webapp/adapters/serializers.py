@@ -5,6 +5,12 @@ from __future__ import annotations
 from .models import Adapter
 
 
+def _checkpoint(adapter: Adapter) -> dict | None:
+    """``{job_id, step}`` of an adapter made from a job's checkpoint (webapp.adapters.checkpoints), else None."""
+    made_from = (adapter.config or {}).get("checkpoint")
+    return {"job_id": made_from["job_id"], "step": made_from["step"]} if isinstance(made_from, dict) else None
+
+
 def adapter_json(adapter: Adapter) -> dict:
     return {
         "id": str(adapter.id),
@@ -12,6 +18,7 @@ def adapter_json(adapter: Adapter) -> dict:
         "name": adapter.name,
         "source": adapter.source,
         "job_id": str(adapter.job_id) if adapter.job_id else None,
+        "checkpoint": _checkpoint(adapter),
         "base_model": adapter.base_model.name,
         "base_revision": adapter.base_revision,
         "rank": adapter.rank,

@@ -108,6 +108,9 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("get", "/api/jobs/{job_id}/metrics.csv", "A job's metrics as CSV", NATIVE, None, (NATIVE_JOB_ID,)),
     Operation("get", "/api/jobs/{job_id}/metrics.jsonl", "A job's metrics as JSON lines", NATIVE, None,
               (NATIVE_JOB_ID,)),
+    Operation("post", "/api/jobs/{job_id}/checkpoints/{step}/adapter", "Make an adapter of a job's checkpoint "
+              "(a copy of its files; idempotent; 409 once newer checkpoints replaced it)", NATIVE, "Adapter",
+              (NATIVE_JOB_ID, Param("step", "path", {"type": "integer", "minimum": 0}))),
     Operation("get", "/api/adapters/", "List adapters", NATIVE, "Adapter"),
     Operation("get", "/api/adapters/{adapter_id}", "Retrieve an adapter", NATIVE, "Adapter", (ADAPTER_ID,)),
     Operation("delete", "/api/adapters/{adapter_id}", "Delete an adapter", NATIVE, "Deleted", (ADAPTER_ID,)),

@@ -23,6 +23,11 @@ class SweepRejected(JobRejected):
     """The sweep cannot be launched; nothing was stored. (A JobRejected, so the API reports it the same way.)"""
 
 
+SWEEP_EVAL_FRACTION = 0.1
+"""Rows a sweep holds out when its settings name no eval fraction and no validation file: the recommendation
+compares ranks by eval loss (train loss alone rewards the rank that memorises most)."""
+
+
 def alpha_for(rank: int, rule: str, fixed_alpha: float | None) -> float:
     """α for ``rank`` under ``rule``: α = r, α = 2r, or a fixed α (also rsLoRA's, whose scale is α/√r)."""
     if rule == AlphaRule.EQUAL:
@@ -81,7 +86,8 @@ def create_sweep(owner, dataset: Dataset, base_model: BaseModel, settings: dict[
 
     The alpha rule sets each job's α (α = r, α = 2r, a fixed α) and whether it uses rsLoRA (the ``rslora``
     rule: a fixed α scaled by α/√r; without ``fixed_alpha`` the settings' α). Everything else — seed,
-    eval fraction, data — is identical, so the jobs differ only in rank and α.
+    eval fraction, data — is identical, so the jobs differ only in rank and α. Settings without an eval fraction
+    (and no validation file) hold out :data:`SWEEP_EVAL_FRACTION` of the rows.
 
     Raises:
         SweepRejected: bad ranks, rule or tolerance, or any rank's job rejected by ``create_job`` (the message
@@ -90,6 +96,8 @@ def create_sweep(owner, dataset: Dataset, base_model: BaseModel, settings: dict[
     ranks = parse_ranks(ranks)
     _check(alpha_rule, fixed_alpha, tolerance)
     shared = {k: v for k, v in (settings or {}).items() if k not in ("rank", "alpha", "use_rslora")}
+    if validation_dataset is None:  # a sweep is read by eval loss: hold rows out unless told otherwise
+        shared.setdefault("eval_fraction", SWEEP_EVAL_FRACTION)
     if alpha_rule == AlphaRule.RSLORA and fixed_alpha is None:
         fixed_alpha = float((settings or {}).get("alpha") or 16.0)
     name = (name or "").strip()[:200] or f"rank sweep {','.join(map(str, ranks))}"

@@ -9,7 +9,7 @@ from django import forms
 from webapp.jobs.forms import JobForm
 from webapp.jobs.models import Sweep
 
-from .actions import DEFAULT_RANKS
+from .actions import DEFAULT_RANKS, SWEEP_EVAL_FRACTION
 
 SWEEP_OWN_FIELDS = ("name", "ranks", "alpha_rule", "fixed_alpha", "tolerance")
 
@@ -33,6 +33,8 @@ class SweepForm(JobForm):
         for name in ("suffix", "rank", "alpha", "use_rslora"):
             self.fields.pop(name, None)
         self.specs = [spec for spec in self.specs if spec.name in self.fields]
+        if "eval_fraction" not in (kwargs.get("initial") or {}):  # compared by eval loss: hold rows out
+            self.initial["eval_fraction"] = SWEEP_EVAL_FRACTION
 
     def sweep_fields(self) -> list[forms.BoundField]:
         return [self[name] for name in SWEEP_OWN_FIELDS]

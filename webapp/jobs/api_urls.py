@@ -11,4 +11,6 @@ urlpatterns = [
     path("<uuid:job_id>/metrics.csv", api_views.job_metrics_csv, name="api-job-metrics-csv"),
     path("<uuid:job_id>/metrics.jsonl", api_views.job_metrics_jsonl, name="api-job-metrics-jsonl"),
     path("<uuid:job_id>/log", api_views.job_log, name="api-job-log"),
+    path("<uuid:job_id>/checkpoints/<int:step>/adapter", api_views.job_checkpoint_adapter,
+         name="api-job-checkpoint-adapter"),
 ]

@@ -11,4 +11,5 @@ urlpatterns = [
     path("<uuid:job_id>/cancel", views.job_cancel, name="cancel"),
     path("<uuid:job_id>/delete", views.job_delete, name="delete"),
     path("<uuid:job_id>/retry-oom", views.job_retry_oom, name="retry-oom"),
+    path("<uuid:job_id>/checkpoints/<int:step>/adapter", views.job_checkpoint_adapter, name="checkpoint-adapter"),
 ]

@@ -1,5 +1,5 @@
 """Job pages: list, new (and "launch again with changes"), detail with live charts and its outcome, cancel,
-OOM retry.
+OOM retry, an adapter from a checkpoint.
 
 Thin: the form parses, ``webapp.jobs.actions`` (create_job, cancel_job) change state.
 """
@@ -13,13 +13,15 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from webapp.adapters.checkpoints import adapter_from_checkpoint
 from webapp.adapters.models import Adapter
+from webapp.adapters.validation import AdapterRejected
 from webapp.lib.owned import get_owned_or_404
 
 from .actions import JobRejected, cancel_job, create_job, delete_job
 from .estimates import memory_measure
 from .forms import JobForm, initial_from_job, settings_from_job
-from .models import Job
+from .models import Checkpoint, Job
 
 LOG_TAIL = 50
 STATE_FILTERS = [("", "All")] + [(value, label) for value, label in Job.State.choices]
@@ -54,11 +56,22 @@ def trained_adapter(job: Job, user) -> Adapter | None:
     return Adapter.objects.visible_to(user).filter(job=job).first()
 
 
+def checkpoints_on_disk(job: Job) -> list[Checkpoint]:
+    """The job's checkpoints, newest first, with ``best`` set on the one of the lowest eval loss."""
+    rows = list(job.checkpoints.order_by("-step"))
+    evaluated = [c for c in rows if isinstance((c.metrics or {}).get("valid_loss"), float)]
+    best = min(evaluated, key=lambda c: (c.metrics["valid_loss"], c.step), default=None)
+    for row in rows:
+        row.best = row is best
+    return rows
+
+
 def _outcome_context(request: HttpRequest, job: Job) -> dict[str, Any]:
-    """What jobs/_outcome.html shows: the error and OOM help of a failed job, the adapter of a succeeded one."""
+    """What jobs/_outcome.html shows: the error and OOM help of a failed job, the adapter of a succeeded one,
+    the checkpoints an adapter can be made from."""
     oom = failed_out_of_memory(job)
     return {"job": job, "oom": oom, "oom_retry": oom_retry_settings(job) if oom else None,
-            "adapter": trained_adapter(job, request.user)}
+            "adapter": trained_adapter(job, request.user), "checkpoints": checkpoints_on_disk(job)}
 
 
 def job_list(request: HttpRequest) -> HttpResponse:
@@ -166,3 +179,19 @@ def job_retry_oom(request: HttpRequest, job_id) -> HttpResponse:
     messages.success(request, f"Retrying with micro-batch {settings['batch_size']} × accumulation "
                               f"{settings['grad_accum']} (the same effective batch).")
     return redirect("jobs:detail", job_id=retry.id)
+
+
+@require_POST
+def job_checkpoint_adapter(request: HttpRequest, job_id, step: int) -> HttpResponse:
+    """Make an adapter of the checkpoint at ``step`` (``webapp.adapters.checkpoints``) and show it."""
+    job = get_owned_or_404(Job.objects, request.user, pk=job_id)
+    checkpoint = job.checkpoints.filter(step=step).first()
+    try:
+        if checkpoint is None:
+            raise AdapterRejected(f"This job has no checkpoint at step {step} (any more): pick one from its list.")
+        adapter = adapter_from_checkpoint(checkpoint)
+    except AdapterRejected as exc:
+        messages.error(request, str(exc))
+        return redirect("jobs:detail", job_id=job.id)
+    messages.success(request, f"Adapter {adapter.name}: the checkpoint at step {step}, kept as an adapter of its own.")
+    return redirect("adapters:detail", adapter_id=adapter.id)
