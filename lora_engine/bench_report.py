@@ -64,7 +64,8 @@ def format_markdown(report: dict[str, Any]) -> str:
 
 def _data(spec: dict[str, Any]) -> str:
     if not spec.get("data_file"):
-        return f"batch {spec['batch_size']} × seq {spec['seq_len']} (packed rows, every token a target)"
+        return (f"batch {spec['batch_size']} × seq {spec['seq_len']} (packed rows, every token a target; greedy "
+                "packing leaves a row a little short of seq: ~7% padding at seq 256)")
     return (f"batch {spec['batch_size']} examples of {spec['data_file']} (up to {spec['seq_len']} tokens, mean "
             f"{spec.get('mean_example_tokens') or 0:.0f}; prompt masked; the peft side pads each batch to its longest "
             "example, the engine lays the examples end to end)")
@@ -73,9 +74,13 @@ def _data(spec: dict[str, Any]) -> str:
 def _setting(spec: dict[str, Any]) -> str:
     quant = "LoRA" if spec["quant"] == "none" else f"QLoRA {spec['quant'].upper()}"
     size = f"d={spec['hidden_size']} L={spec['layers']}"
-    shape = f"{spec['batch_size']}×{spec['seq_len']}" + (" GC" if spec.get("gradient_checkpointing") else "")
-    data = f", {spec['data_file']}" if spec.get("data_file") else ""
-    return f"{quant} {spec['precision']} r{spec['rank']} {','.join(spec['targets'])}, {size}, {shape}{data}"
+    if spec.get("data_file"):  # examples of their own lengths, not full rows
+        shape = (f"{spec['batch_size']} examples ≤{spec['seq_len']} (mean {spec.get('mean_example_tokens') or 0:.0f})"
+                 f" of {spec['data_file']}")
+    else:
+        shape = f"{spec['batch_size']}×{spec['seq_len']}"
+    gc = " GC" if spec.get("gradient_checkpointing") else ""
+    return f"{quant} {spec['precision']} r{spec['rank']} {','.join(spec['targets'])}, {size}, {shape}{gc}"
 
 
 def summary_markdown(reports: list[dict[str, Any]], speed_target: float = 1.3, memory_target: float = 0.8) -> str:

@@ -8,8 +8,8 @@ A checkpoint directory ``<output_dir>/checkpoints/step-000123/`` holds:
 - ``scheduler.json``, ``rng.pt``, ``trainer_state.json`` (step, data position, tokens, loss history, config);
 - ``COMPLETE``: written last. A directory without it is ignored (and removed by the next save).
 
-The newest ``keep`` checkpoints are kept, and also the one at the step of the lowest eval loss so far (when a
-checkpoint was saved at an evaluated step): people can turn that one into an adapter after the run overfits.
+The newest ``keep`` checkpoints are kept, and also the checkpoint with the lowest eval loss among those saved at
+an evaluated step: people can turn that one into an adapter after the run overfits.
 
 Nothing here unpickles: safetensors for weights, ``torch.load(..., weights_only=True)`` for the rest.
 """
@@ -61,12 +61,6 @@ class TrainerState:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def best_eval_step(self) -> int | None:
-        """The step of the lowest eval loss so far (the earliest of equals), or None before any evaluation."""
-        if not self.evals:
-            return None
-        return min(self.evals, key=lambda e: (e["eval_loss"], e["step"]))["step"]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainerState:
@@ -193,7 +187,7 @@ def save_checkpoint(
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    prune_checkpoints(output_dir, keep, best_step=state.best_eval_step())
+    prune_checkpoints(output_dir, keep, state.evals)
     return final
 
 
@@ -203,12 +197,20 @@ def _torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, handle)
 
 
-def prune_checkpoints(output_dir: str | Path, keep: int, best_step: int | None = None) -> None:
-    """Delete all but the newest ``keep`` complete checkpoints and the one at ``best_step`` (the lowest eval
-    loss), and leftover temp directories."""
+def best_eval_checkpoint(evals: list[dict[str, float]], steps: set[int]) -> int | None:
+    """The step among ``steps`` with the lowest eval loss in ``evals`` (the earliest of equals), or None."""
+    scored = [e for e in evals if e["step"] in steps]
+    return min(scored, key=lambda e: (e["eval_loss"], e["step"]))["step"] if scored else None
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int, evals: list[dict[str, float]] = ()) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints and the one with the lowest eval loss (``evals``:
+    ``TrainerState.evals``), and leftover temp directories."""
     root = checkpoints_dir(output_dir)
-    for step, path in _complete_checkpoints(output_dir)[:-keep]:
-        if step != best_step:
+    complete = _complete_checkpoints(output_dir)
+    best = best_eval_checkpoint(list(evals), {step for step, _ in complete})
+    for step, path in complete[:-keep]:
+        if step != best:
             shutil.rmtree(path, ignore_errors=True)
     if root.is_dir():
         for path in root.glob(".tmp-*"):

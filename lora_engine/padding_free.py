@@ -12,8 +12,10 @@ This runs through transformers' attention interface: :func:`enable` registers an
 is SDPA unless the caller names the sequences (the :data:`SEQUENCES_KWARG` keyword, passed down through the
 model's ``**kwargs`` to every attention layer, also when gradient checkpointing recomputes a layer), and a mask
 function that builds no (N × N) mask for such a call. A model it cannot be proven equal on (not SDPA, a sliding
-window shorter than the rows, soft-capped attention logits, an architecture without the attention interface)
-keeps padded batches.
+window or attention chunks shorter than the rows, soft-capped attention logits, an architecture without the
+attention interface) keeps padded batches, and :func:`enable` checks on the model itself, with two short examples,
+that the padding-free forward gives the padded one's outputs (a model whose layers do not pass the keyword down
+would otherwise let the examples of a row attend to each other without any error).
 """
 
 from __future__ import annotations
@@ -74,30 +76,65 @@ def _register() -> None:
 
 
 def unsupported_reason(model: nn.Module, max_seq_len: int) -> str | None:
-    """Why ``model`` keeps padded batches, or None when padding-free batches give it the same results."""
+    """Why ``model`` keeps padded batches, or None when its configuration allows padding-free batches."""
     config = getattr(model, "config", None)
     if config is None or not getattr(model, "_supports_attention_backend", False):
         return "the architecture does not use transformers' attention interface"
     if getattr(config, "_attn_implementation", None) not in ("sdpa", ATTENTION_NAME):
         return f"attention implementation {config._attn_implementation!r} (padding-free batches need SDPA)"
-    window = getattr(config, "sliding_window", None)
-    if window is not None and getattr(config, "use_sliding_window", True) and window < max_seq_len:
+    text = config.get_text_config()  # a multimodal model (Gemma 3) keeps its window in text_config
+    window = getattr(text, "sliding_window", None)
+    if window is not None and getattr(text, "use_sliding_window", True) and window < max_seq_len:
         return f"a sliding attention window ({window}) shorter than max_seq_len ({max_seq_len})"
-    if getattr(config, "attn_logit_softcapping", None) is not None:
+    chunk = getattr(text, "attention_chunk_size", None)
+    if chunk is not None and chunk < max_seq_len:
+        return f"chunked attention ({chunk}) shorter than max_seq_len ({max_seq_len})"
+    if getattr(text, "attn_logit_softcapping", None) is not None:
         return "soft-capped attention logits"
     return None
+
+
+@torch.no_grad()
+def _matches_padded_forward(model: nn.Module) -> bool:
+    """Two short examples through ``model``, padded and padding-free: the same hidden states?"""
+    device = next(model.parameters()).device
+    lengths = (5, 3)
+    ids = torch.arange(sum(lengths)) % max(1, model.config.get_text_config().vocab_size - 3) + 3
+    rows = ids.split(lengths)
+    padded = torch.zeros((2, max(lengths)), dtype=torch.long)
+    mask = torch.zeros_like(padded)
+    for i, row in enumerate(rows):
+        padded[i, :len(row)], mask[i, :len(row)] = row, 1
+    flat = flatten({"input_ids": padded, "labels": padded, "attention_mask": mask})
+    was_training = model.training
+    model.eval()  # no dropout
+    try:
+        expected = model.base_model(input_ids=padded.to(device), attention_mask=mask.to(device))[0]
+        got = model.base_model(input_ids=flat["input_ids"].to(device), position_ids=flat["position_ids"].to(device),
+                               **{SEQUENCES_KWARG: flat["sequences"]})[0]
+    finally:
+        model.train(was_training)
+    tolerance = 1e-3 if expected.dtype == torch.float32 else 5e-2  # a leak between the examples moves them far more
+    expected = expected[mask.to(device).bool()].float()  # (N, C) the real positions, in the flat order
+    got = got[0].float()
+    return bool((got - expected).abs().max() <= tolerance * expected.abs().max().clamp_min(1e-6))
 
 
 def enable(model: nn.Module, max_seq_len: int) -> bool:
     """Switch ``model`` to the padding-free-capable SDPA when that gives the same results; return whether it did.
 
     The switch changes nothing for any other call (generation, a padded batch): without :data:`SEQUENCES_KWARG`
-    the attention is SDPA with SDPA's mask.
+    the attention is SDPA with SDPA's mask. A model whose padding-free forward does not match its padded one
+    (checked here on two short examples) is switched back and keeps padded batches.
     """
     if unsupported_reason(model, max_seq_len) is not None:
         return False
     _register()
+    previous = model.config._attn_implementation
     model.set_attn_implementation(ATTENTION_NAME)
+    if not _matches_padded_forward(model):
+        model.set_attn_implementation(previous)
+        return False
     return True
 
 

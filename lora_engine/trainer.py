@@ -177,7 +177,8 @@ def _run_loop(s: Session, state: ckpt.TrainerState, callbacks: list[TrainingCall
         state.losses.append(loss)
         clock.steps += 1
         _emit(callbacks, "on_step", _step_metrics(s, state, clock, stream, lr, grad_norm, step_tokens, step_start))
-        if s.data.eval and t.eval_every and state.step % t.eval_every == 0:
+        # the last step is evaluated before its checkpoint is saved, so that checkpoint carries its eval loss
+        if s.data.eval and ((t.eval_every and state.step % t.eval_every == 0) or state.step == s.total_steps):
             _evaluate(s, state, stream, callbacks)
             last_eval_step = state.step
         if t.save_every and state.step % t.save_every == 0:

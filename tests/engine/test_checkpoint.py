@@ -97,7 +97,11 @@ def test_the_best_eval_checkpoint_outlives_the_newest_ones(tmp_path):
         names = sorted(p.name for p in checkpoints_dir(tmp_path).iterdir())
         # step 2 has the lowest eval loss from step 2 on (step 5 only ties it: the earlier one stays)
         assert names == (["step-000001"] if step == 1 else sorted({"step-000002", f"step-{step:06d}"}))
-    assert TrainerState().best_eval_step() is None
+    # a lower eval loss at a step without a checkpoint (eval_every finer than save_every) does not cost the best
+    # checkpoint its place
+    evals.append({"step": 6, "eval_loss": 0.5, "perplexity": 1.0})
+    save_checkpoint(tmp_path, model, optimizer, {}, TrainerState(step=7, evals=evals), {"a": 1}, CPU, keep=1)
+    assert sorted(p.name for p in checkpoints_dir(tmp_path).iterdir()) == ["step-000002", "step-000007"]
 
 
 def test_leftover_temp_directories_are_cleaned_up(tmp_path):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from lora_engine import padding_free
 from lora_engine.config import LoraConfig
@@ -114,3 +118,29 @@ def test_models_it_cannot_match_keep_padded_batches(overrides, reason):
     assert padding_free.unsupported_reason(model, max_seq_len=64) is None
     model.set_attn_implementation("eager")
     assert "eager" in padding_free.unsupported_reason(model, max_seq_len=64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_model_whose_layers_drop_the_sequences_keeps_padded_batches(dtype, monkeypatch):
+    model = _lora_model("llama").to(dtype)
+    assert padding_free.enable(model, max_seq_len=64)  # checked on the model itself: it matches
+    model = _lora_model("llama").to(dtype)
+
+    def leaky(module, query, key, value, attention_mask, **kwargs):  # as if a layer did not pass it down
+        kwargs.pop(padding_free.SEQUENCES_KWARG, None)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, padding_free.ATTENTION_NAME, leaky)
+    assert not padding_free.enable(model, max_seq_len=64)
+    assert model.config._attn_implementation == "sdpa" and model.training is False
+
+
+def test_a_multimodal_config_is_read_for_its_text_window():
+    model = build_tiny_model("mistral", hidden_size=32, heads=4)
+    text = copy.deepcopy(model.config)
+    model.config.sliding_window = None  # as in Gemma 3: the top-level config has no window, its text_config has
+    model.config.get_text_config = lambda **_: text
+    text.sliding_window = 16
+    assert "sliding attention window" in padding_free.unsupported_reason(model, max_seq_len=64)
+    text.sliding_window, text.attention_chunk_size = None, 32
+    assert "chunked attention" in padding_free.unsupported_reason(model, max_seq_len=64)

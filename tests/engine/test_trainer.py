@@ -128,6 +128,18 @@ def test_eval_runs_every_n_steps_and_reports_perplexity(model_dir, tmp_path):
     assert result.best_eval_loss == min(e.eval_loss for e in recorder.evals)
 
 
+def test_the_last_step_is_evaluated_before_its_checkpoint(model_dir, tmp_path):
+    # eval_every does not divide the steps: the last step is still evaluated, before its checkpoint is written,
+    # so that checkpoint carries its eval loss (and can be the best one kept)
+    data = write_text_jsonl(tmp_path / "d.jsonl", rows=20)
+    recorder = Recorder()
+    train(run_config(model_dir, data, tmp_path / "out", max_steps=5, eval_every=2, save_every=5,
+                     eval_fraction=0.2), [recorder])
+    assert [e.step for e in recorder.evals] == [2, 4, 5]
+    state = json.loads((recorder.checkpoints[-1][1] / "trainer_state.json").read_text())["state"]
+    assert recorder.checkpoints[-1][0] == 5 and [e["step"] for e in state["evals"]] == [2, 4, 5]
+
+
 def test_gradient_accumulation_matches_a_bigger_batch(model_dir, data_path, tmp_path):
     big = train(run_config(model_dir, data_path, tmp_path / "big", max_steps=3, batch_size=4, grad_accum=1))
     accum = train(run_config(model_dir, data_path, tmp_path / "acc", max_steps=3, batch_size=2, grad_accum=2))

@@ -267,17 +267,11 @@ def job_checkpoint_adapter(request: HttpRequest, job_id, step: int) -> JsonRespo
     """Make an adapter of the job's checkpoint at ``step`` (idempotent; ``webapp.adapters.checkpoints``)."""
     from webapp.adapters.checkpoints import adapter_from_checkpoint
     from webapp.adapters.serializers import adapter_json
-    from webapp.adapters.validation import AdapterDiskFull, AdapterRejected
+    from webapp.adapters.validation import AdapterRejected
 
     job = _job_for(request, job_id)
-    checkpoint = job.checkpoints.filter(step=step).first()
-    if checkpoint is None:
-        return api_error(f"This job has no checkpoint at step {step} (any more): list its checkpoints with "
-                         "GET /v1/fine_tuning/jobs/<id>/checkpoints.", 404, code="not_found", param="step")
     try:
-        adapter = adapter_from_checkpoint(checkpoint)
-    except AdapterDiskFull as exc:
-        return api_error(str(exc), exc.status, code=exc.code)
-    except AdapterRejected as exc:
-        return api_error(str(exc), 409, code="checkpoint_gone", param="step")
+        adapter = adapter_from_checkpoint(job, step)
+    except AdapterRejected as exc:  # 404 no such checkpoint, 409 pruned, 507 disk full
+        return api_error(str(exc), exc.status, code=exc.code, param="step")
     return JsonResponse(adapter_json(adapter), status=201)

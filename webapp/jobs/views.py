@@ -185,11 +185,8 @@ def job_retry_oom(request: HttpRequest, job_id) -> HttpResponse:
 def job_checkpoint_adapter(request: HttpRequest, job_id, step: int) -> HttpResponse:
     """Make an adapter of the checkpoint at ``step`` (``webapp.adapters.checkpoints``) and show it."""
     job = get_owned_or_404(Job.objects, request.user, pk=job_id)
-    checkpoint = job.checkpoints.filter(step=step).first()
     try:
-        if checkpoint is None:
-            raise AdapterRejected(f"This job has no checkpoint at step {step} (any more): pick one from its list.")
-        adapter = adapter_from_checkpoint(checkpoint)
+        adapter = adapter_from_checkpoint(job, step)
     except AdapterRejected as exc:
         messages.error(request, str(exc))
         return redirect("jobs:detail", job_id=job.id)
