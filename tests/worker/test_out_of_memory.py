@@ -36,9 +36,11 @@ def test_out_of_memory_in_training_fails_with_guidance_and_the_worker_takes_the_
     from webapp.basemodels.actions import register_local_model
     from webapp.datasets.actions import create_dataset
 
-    # a tiny Llama that declares LONGEST positions (rotary: no table grows with it), so the launch accepts the length
-    long_model = register_local_model(owner, "tiny-llama-long-context", str(save_tiny_model(
-        tmp_path / "tiny-llama-long", arch="llama", hidden_size=32, layers=2, heads=4, max_positions=LONGEST)))
+    # a tiny Mistral that declares LONGEST positions (rotary: no table grows with it), so the launch accepts the
+    # length; its sliding attention window (4096) is shorter than the rows, so its batches stay padded (a model
+    # trained padding-free attends within each example and never builds the mask below)
+    long_model = register_local_model(owner, "tiny-mistral-long-context", str(save_tiny_model(
+        tmp_path / "tiny-mistral-long", arch="mistral", hidden_size=32, layers=2, heads=4, max_positions=LONGEST)))
 
     # Rows of very different lengths padded into one batch of the longest sequence length: the attention mask
     # alone (batch x length x length) is far beyond the worker's memory.
