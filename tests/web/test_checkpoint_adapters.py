@@ -101,3 +101,28 @@ def test_other_users_get_404(stranger, stranger_client, trained_job):
     theirs = Client(HTTP_AUTHORIZATION=f"Bearer {create_api_key(stranger, name='t')[1]}")
     assert theirs.post(f"/api/jobs/{trained_job.id}/checkpoints/{step}/adapter").status_code == 404
     assert not Adapter.objects.exists()
+
+
+@pytest.mark.browser
+@pytest.mark.stack
+def test_in_the_browser_a_checkpoint_becomes_an_adapter(transactional_db, trained_job, page, tmp_path):
+    from tests.conftest import PASSWORD
+    from tests.support.browser import log_in
+    from tests.support.processes import start_asgi_server
+
+    best = min((c for c in trained_job.checkpoints.all()), key=lambda c: (c.metrics["valid_loss"], c.step))
+    server, base_url = start_asgi_server(tmp_path)
+    try:
+        log_in(page, base_url, trained_job.owner.username, PASSWORD)
+        page.goto(f"{base_url}/jobs/{trained_job.id}/")
+        table = page.get_by_test_id("job-checkpoints")
+        assert table.is_visible()  # open on a succeeded job
+        assert page.get_by_test_id(f"checkpoint-{best.step}").get_by_test_id("best-checkpoint").is_visible()
+        page.get_by_test_id(f"checkpoint-adapter-{best.step}").click()
+        page.wait_for_url(lambda url: "/adapters/" in url)
+        assert f"support-bot-step{best.step}" in page.locator("h1").inner_text()
+        assert f"the checkpoint at step {best.step}" in page.locator(".messages").inner_text()
+        page.get_by_test_id("from-checkpoint").get_by_role("link").click()  # lineage: back to the job
+        page.wait_for_url(f"{base_url}/jobs/{trained_job.id}/")
+    finally:
+        server.stop()
