@@ -44,6 +44,7 @@ NATIVE_JOB_ID = Param("job_id", "path", {"type": "string", "format": "uuid"})
 ADAPTER_ID = Param("adapter_id", "path", {"type": "string", "format": "uuid"})
 MERGE_ID = Param("merge_id", "path", {"type": "string", "format": "uuid"})
 AFTER = Param("after", description="The last id of the previous page.")
+JOBS = Param("jobs", description="Comma-separated job ids (uuid or ftjob-…).")
 
 
 def _limit(default: int, maximum: int) -> Param:
@@ -138,6 +139,16 @@ OPERATIONS: tuple[Operation, ...] = (
               "until the state is succeeded, then download."),
     Operation("get", "/api/merges/{merge_id}/gguf/download", "Download a merged model's GGUF (Range; 409 until the "
               "export succeeded)", NATIVE, None, (MERGE_ID,)),
+    Operation("get", "/api/compare", "Compare jobs side by side", NATIVE, "Compare", (JOBS,)),
+    Operation("get", "/api/compare.csv", "The comparison as CSV", NATIVE, None, (JOBS,)),
+    Operation("get", "/api/sweeps", "List rank sweeps (newest first)", NATIVE, "SweepList"),
+    Operation("post", "/api/sweeps", "Launch a rank sweep: one job per rank, the same data, seed and split", NATIVE,
+              "Sweep", body="SweepCreate", description="201 with the sweep; 400 naming the rank and setting a job "
+              "would be refused for (no sweep and no job is stored then)."),
+    Operation("get", "/api/sweeps/{sweep_id}", "A sweep with its jobs and the recommended rank", NATIVE, "Sweep",
+              (Param("sweep_id", "path", {"type": "string", "format": "uuid"}),
+               Param("tolerance", schema={"type": "number", "minimum": 0, "maximum": 0.99},
+                     description="Recommend again with this tolerance (default: the sweep's)."))),
     Operation("get", "/api/openapi.json", "This document", NATIVE, None, public=True),
     Operation("get", "/api/docs", "This document as a page", NATIVE, None, public=True),
 )

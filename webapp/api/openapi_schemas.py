@@ -153,6 +153,25 @@ SCHEMAS: dict[str, dict] = {
                    "running, succeeded, failed), stage (queued, writing, checksumming, done, failed), progress, "
                    "attempt, error_message, times, size_bytes, sha256 and download_url (only once succeeded)."},
     "MergeList": _obj({"object": {"const": "list"}, "data": {"type": "array", "items": ref("Merge")}}),
+    "Compare": {**FREE_FORM, "description": "jobs: one row per job (rank, alpha, final and best eval loss, tokens/s, "
+                "peak memory, trainable parameters, state); config_differences: the settings that differ."},
+    "Sweep": {**FREE_FORM, "description": "A rank sweep: its ranks, alpha rule, tolerance, the jobs' compare rows "
+              "(by rank), states, finished, and recommendation (the smallest rank whose best eval loss is within "
+              "the tolerance of the best; null until a job has a loss)."},
+    "SweepList": _obj({"object": {"const": "list"}, "data": {"type": "array", "items": ref("Sweep")}}),
+    "SweepCreate": _obj({
+        "dataset": {**STR, "description": "The training file's id (file-…)."},
+        "base_model": {**STR, "description": "A base model's id or name."},
+        "validation_dataset": {**STR, "description": "A validation file's id; without it (and without "
+                               "settings.eval_fraction) 10% of the rows are held out."},
+        "ranks": {"type": "array", "items": {"type": "integer", "minimum": 1}, "default": [1, 2, 4, 8, 16, 32, 64]},
+        "alpha_rule": {"enum": ["alpha=r", "alpha=2r", "fixed", "rslora"], "default": "alpha=2r"},
+        "fixed_alpha": {"type": ["number", "null"], "exclusiveMinimum": 0},
+        "tolerance": {"type": "number", "minimum": 0, "maximum": 0.99, "default": 0.01},
+        "name": STR,
+        "settings": {**FREE_FORM, "description": "Job settings shared by every rank (those of POST "
+                     "/v1/fine_tuning/jobs' settings), without rank and alpha."},
+    }, ("dataset", "base_model")),
     "MergeRequest": _obj({"dtype": {"enum": ["auto", "fp16", "bf16", "fp32"], "default": "auto",
                                     "description": "The merged weights' dtype; auto keeps the base's own."}}),
 }
