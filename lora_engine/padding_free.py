@@ -25,14 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .data.tokenize import IGNORE_INDEX
+
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-from .data.tokenize import IGNORE_INDEX
-
 ATTENTION_NAME = "lora_studio_sdpa"
 SEQUENCES_KWARG = "lora_studio_sequences"
-"""Keyword carrying ((start, end), …) of each example in the flattened row: Python ints, so no device sync."""
+"""Keyword carrying ((start, end), …) of each example in the flattened row: Python ints, so no device sync per layer
+(transformers' own check of the position ids for packed sequences still syncs once per forward on CUDA)."""
 _registered = False
 
 
