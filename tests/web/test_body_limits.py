@@ -24,6 +24,7 @@ from webapp.accounts.scope_auth import signed_in
 from webapp.asgi import application
 from webapp.datasets.models import Dataset
 from webapp.datasets.uploads import CHUNK_BYTES
+from webapp.lib.asgi_body import ANONYMOUS_BODY_BYTES
 from webapp.lib.body_limits import FRAMING_BYTES, body_limit
 
 from .test_asgi_body import bearer, multipart, open_files_under, session_cookie
@@ -164,6 +165,23 @@ def test_an_anonymous_large_upload_is_refused_without_spooling_it(settings, spoo
     # with a Content-Length nothing is received; without one, no more than fits in memory
     assert answer.pieces_received == (0 if declare_length else -(-(MEMORY + 1) // PIECE))
     assert nothing_left(spool) and not Dataset.objects.exists()
+
+
+@pytest.mark.parametrize("declare_length", [True, False], ids=["content-length", "chunked"])
+def test_an_anonymous_body_past_64_kib_is_not_held_in_memory(owner_key, declare_length):
+    """Under the 5 MB in-memory limit too: an anonymous client gets the login answer after at most 64 KiB, so it
+    cannot make the process hold 5 MB per connection; a signed-in one reaches the view."""
+    body = json.dumps({"model": "x", "training_file": "file-x", "padding": "x" * 200_000}).encode()
+    json_type = (b"content-type", b"application/json")
+
+    anonymous = send("/v1/fine_tuning/jobs", body, [json_type], declare_length=declare_length)
+    assert anonymous.status == 401 and anonymous.error()["code"] == "invalid_api_key"
+    assert anonymous.pieces_received == (0 if declare_length else -(-(ANONYMOUS_BODY_BYTES + 1) // PIECE))
+    login = send("/accounts/login/", body, [(b"content-type", b"application/x-www-form-urlencoded")])
+    assert login.status == 302 and login.pieces_received == 0
+
+    signed_in_answer = send("/v1/fine_tuning/jobs", body, [bearer(owner_key), json_type], declare_length=declare_length)
+    assert signed_in_answer.status == 400 and "padding" in signed_in_answer.error()["message"]  # the view's answer
 
 
 def test_an_anonymous_large_page_upload_is_sent_to_the_login_page(spool):

@@ -14,10 +14,12 @@ setting is empty), and only within its limit, decided from the view its path res
 
 - a Content-Length past the limit is answered 413 at once, without receiving the body;
 - a body without one (chunked) that grows past the limit is dropped there, its spool closed, and answered 413;
-- only a signed-in user's body (a valid API key, or a logged-in user's session) is spooled past
-  ``memory_limit()``: before such a body is received, :func:`webapp.accounts.scope_auth.signed_in` is asked in a
-  request thread (it queries the database). An anonymous one gets the login answer (401 under /v1 and /api,
-  the login page otherwise) at once, or, without a Content-Length, as soon as it passes ``memory_limit()``.
+- only a signed-in user's body (a valid API key, or a logged-in user's session) is received past
+  :data:`ANONYMOUS_BODY_BYTES` (64 KiB: a login form or a small API call), and spooled past ``memory_limit()``:
+  before such a body is received, :func:`webapp.accounts.scope_auth.signed_in` is asked in a request thread (it
+  queries the database). An anonymous one gets the login answer (401 under /v1 and /api, the login page
+  otherwise) at once, or, without a Content-Length, as soon as it passes 64 KiB; so an anonymous client cannot
+  make a process hold ``memory_limit()`` (5 MB) per connection either.
 
 The spooled file has no name, so closing it frees its space and nothing is left behind, even when the process
 dies. The answers above leave the rest of the body unread, so they close the connection (``Connection:
@@ -57,6 +59,15 @@ from .body_limits import BodyLimit, body_limit, declared_length, default_limit, 
 from .server_errors import disk_full_response
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+ANONYMOUS_BODY_BYTES = 64 * 1024
+"""The largest body received before the sender is known to be signed in (the login form is a few hundred bytes);
+never more than ``memory_limit()`` (see :func:`anonymous_limit`)."""
+
+
+def anonymous_limit() -> int:
+    """The largest body received without asking who sends it: a size every view accepts, kept in memory."""
+    return min(ANONYMOUS_BODY_BYTES, memory_limit())
 
 def spool_dir() -> str | None:
     """Where a request body past ``memory_limit()`` goes: FILE_UPLOAD_TEMP_DIR, else the system's."""
@@ -114,28 +125,29 @@ class DataDirASGIHandler(ASGIHandler):
 
     async def receive_body(self, scope: dict[str, Any], receive: Receive) -> Any:
         """The request's body as :meth:`read_body` returns it, within ``body_limit(scope)``; or a RefusedBody
-        without receiving anything, when its Content-Length is past the limit, or passes ``memory_limit()``
-        and nobody is signed in."""
+        without receiving anything, when its Content-Length is past the limit, or passes
+        :func:`anonymous_limit` and nobody is signed in."""
         length = declared_length(scope)
-        if length is not None and length <= memory_limit():
-            # Most requests: a size every view accepts, kept in memory, so no URL to resolve. (The server frames
-            # an HTTP/1.1 body by its Content-Length: none is longer than it declares.)
+        if length is not None and length <= anonymous_limit():
+            # Most requests: a size every view accepts, kept in memory, so no URL to resolve and no sign-in to
+            # check. (The server frames an HTTP/1.1 body by its Content-Length: none is longer than it declares.)
             return await self.read_body(receive, default_limit(), may_spool=False)
         limit = body_limit(scope)
         if length is not None and length > limit.max_bytes:
             return BodyTooLarge(limit)
-        may_spool = False
-        if limit.max_bytes > memory_limit():  # an upload, past memory_limit() or of unknown length
-            loop = asyncio.get_running_loop()
-            may_spool = await loop.run_in_executor(self.request_threads, signed_in, scope)
-            if not may_spool and length is not None:
-                return SignInFirst()
-        return await self.read_body(receive, limit, may_spool)
+        loop = asyncio.get_running_loop()
+        known = await loop.run_in_executor(self.request_threads, signed_in, scope)
+        if not known and length is not None:
+            return SignInFirst()
+        return await self.read_body(receive, limit, may_spool=known and limit.max_bytes > memory_limit(),
+                                    anonymous=not known)
 
-    async def read_body(self, receive: Receive, limit: BodyLimit | None = None, may_spool: bool = True) -> Any:
+    async def read_body(self, receive: Receive, limit: BodyLimit | None = None, may_spool: bool = True,
+                        anonymous: bool = False) -> Any:
         """Django 5.2's ``read_body`` (the body in a SpooledTemporaryFile, RequestAborted on an early disconnect)
         with the spool in ``spool_dir()`` past ``memory_limit()``, and a RefusedBody instead when the body
-        passes ``limit``, passes ``memory_limit()`` without ``may_spool``, or fills the disk."""
+        passes ``limit``, passes ``memory_limit()`` without ``may_spool``, passes :func:`anonymous_limit` from an
+        ``anonymous`` sender, or fills the disk."""
         body_file = tempfile.SpooledTemporaryFile(max_size=memory_limit(), mode="w+b", dir=spool_dir())
         received = 0
         more = True
@@ -147,7 +159,7 @@ class DataDirASGIHandler(ASGIHandler):
             more = message.get("more_body", False)
             chunk = message.get("body", b"")
             received += len(chunk)
-            refused = _refusal(received, limit, may_spool)
+            refused = _refusal(received, limit, may_spool, anonymous)
             if refused is not None:
                 body_file.close()  # frees what was spooled
                 return refused
@@ -177,11 +189,11 @@ class DataDirASGIHandler(ASGIHandler):
         return None, response
 
 
-def _refusal(received: int, limit: BodyLimit | None, may_spool: bool) -> RefusedBody | None:
+def _refusal(received: int, limit: BodyLimit | None, may_spool: bool, anonymous: bool) -> RefusedBody | None:
     """Why a body of which ``received`` bytes arrived so far is not kept, if it is not."""
     if limit is not None and received > limit.max_bytes:
         return BodyTooLarge(limit)
-    if not may_spool and received > memory_limit():
+    if (anonymous and received > anonymous_limit()) or (not may_spool and received > memory_limit()):
         return SignInFirst()
     return None
 
