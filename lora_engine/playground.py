@@ -26,13 +26,12 @@ from torch import Tensor, nn
 
 from .adapter_io import check_adapter_fits, group_tensors, read_adapter
 from .config import LoraConfig, QuantConfig
+from .data.render import PLAIN_ROLE_NAMES
 from .errors import ConfigError, LoraEngineError
 from .inject import find_linear_layers, lora_layers
 from .layers import LoRALinear, keep_model_nf4_trainable
 
 MAX_NEW_TOKENS = 4096
-PLAIN_USER_PREFIX = "User: "
-PLAIN_ASSISTANT_PREFIX = "\n\nAssistant: "
 
 
 @dataclass(frozen=True)
@@ -80,27 +79,50 @@ def _is_number(value: Any) -> bool:
 
 
 def render_prompt(tokenizer: Any, prompt: str) -> list[int]:
-    """Token ids of a one-turn conversation ready for the assistant's answer.
+    """Token ids of a one-turn conversation ready for the assistant's answer (see :func:`render_messages`)."""
+    return render_messages(tokenizer, [{"role": "user", "content": prompt}])
+
+
+def render_messages(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> list[int]:
+    """Token ids of a conversation ready for the assistant's next answer.
 
     With a chat template: the template with ``add_generation_prompt=True``. Without one, the plain layout
-    the data renderer trains on (``[bos]User: {prompt}\\n\\nAssistant: ``), so an adapter trained on chat
-    data here sees the same frame.
+    the data renderer trains on, tokenized in the same pieces
+    (``[bos]User: {user}\\n\\nAssistant: {answer}[eos]\\n\\nUser: {user}\\n\\nAssistant: ``), so an adapter
+    trained on chat data here sees the same frame.
 
     Args:
         tokenizer: the base model's tokenizer (:func:`lora_engine.quant.load_tokenizer`).
-        prompt: what the user asks.
+        messages: ``{"role": "user" | "assistant" | "system", "content": str}`` in order, the user's last.
 
     Returns:
         The prompt's token ids.
+
+    Raises:
+        LoraEngineError: no messages, or the last one is not the user's.
     """
+    if not messages or messages[-1]["role"] != "user":
+        raise LoraEngineError("a conversation to answer must end with the user's message")
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+        text = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False,
                                              add_generation_prompt=True)
         return list(tokenizer.encode(text, add_special_tokens=False))
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     ids = [bos] if bos is not None and bos != eos else []
-    return ids + list(tokenizer.encode(f"{PLAIN_USER_PREFIX}{prompt}{PLAIN_ASSISTANT_PREFIX}",
-                                       add_special_tokens=False))
+    pending = ""  # text up to the next answer, tokenized in one piece as the data renderer does
+    for message in messages:
+        name = PLAIN_ROLE_NAMES[message["role"]]
+        if message["role"] != "assistant":
+            pending += f"{name}: {message['content']}\n\n"
+            continue
+        ids += _encode(tokenizer, f"{pending}{name}: ") + _encode(tokenizer, message["content"])
+        ids += [eos] if eos is not None else []
+        pending = "\n\n"
+    return ids + _encode(tokenizer, f"{pending}{PLAIN_ROLE_NAMES['assistant']}: ")
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False)) if text else []
 
 
 def stop_token_ids(tokenizer: Any, model: nn.Module | None = None) -> set[int]:
@@ -344,7 +366,7 @@ class MultiAdapterModel:
         if limit is not None:
             if len(prompt_ids) >= limit:
                 raise LoraEngineError(f"the prompt is {len(prompt_ids)} tokens but the model reads at most {limit}; "
-                                      "shorten it")
+                                      "shorten it (or start a new chat)")
             budget = min(budget, limit - len(prompt_ids))
         adapter_id = self._active
         generator = torch.Generator(device="cpu").manual_seed(seed)

@@ -1,5 +1,5 @@
-"""The playground task: load the base model once, answer the prompt with it and with each adapter in turn,
-streaming the tokens to the page and storing each finished answer.
+"""The playground task: load the base model once, answer the prompt with it and with each adapter in turn (each
+with its own conversation so far, for a follow-up), streaming the tokens to the page and storing each answer.
 
 The session row decides: a delivery of a session that is not queued (already answered, or being answered by
 another worker) is dropped.
@@ -93,7 +93,7 @@ def _answer_all(session: PlaygroundSession) -> None:
     import torch
 
     from lora_engine.device import resolve_device
-    from lora_engine.playground import MultiAdapterModel, render_prompt, stop_token_ids
+    from lora_engine.playground import MultiAdapterModel, render_messages, stop_token_ids
     from lora_engine.quant import load_tokenizer
 
     base = session.base_model
@@ -103,14 +103,15 @@ def _answer_all(session: PlaygroundSession) -> None:
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     model = MultiAdapterModel.from_pretrained(base.location, _adapter_dirs(session), device=device, revision=revision,
                                               trust_remote_code=base.trust_remote_code, dtype=dtype)
-    prompt_ids = render_prompt(tokenizer, session.prompt)
-    retry_db(lambda: actions.record_prompt_tokens(session.id, len(prompt_ids)), "record prompt tokens")
+    prompts = {o["key"]: render_messages(tokenizer, session.messages_for(o["key"])) for o in session.outputs}
+    longest = max(len(ids) for ids in prompts.values())
+    retry_db(lambda: actions.record_prompt_tokens(session.id, longest), "record prompt tokens")
     stops = stop_token_ids(tokenizer, model.model)
     for output in session.outputs:
         key = output["key"]
         model.activate(None if key == "base" else key)
         retry_db(partial(actions.start_answer, session.id, key), "start answer")
-        answer = _stream_answer(session, key, model, tokenizer, prompt_ids, stops)
+        answer = _stream_answer(session, key, model, tokenizer, prompts[key], stops)
         retry_db(partial(actions.record_answer, session.id, key, *answer), "record answer")
 
 

@@ -1,4 +1,5 @@
-// Playground page: ask once, watch the base model and each adapter answer side by side (live over a websocket).
+// Playground page: ask, watch the base model and each adapter answer side by side (live over a websocket), then
+// follow up: each column answers with its own conversation so far.
 "use strict";
 (function () {
   const options = JSON.parse(document.getElementById("pg-options").textContent);
@@ -8,6 +9,7 @@
   const adapterList = document.getElementById("pg-adapter-list");
   const errorBox = document.getElementById("pg-error");
   const answersBox = document.getElementById("pg-answers");
+  const followForm = document.getElementById("pg-follow-form");
   let socket = null;
   let current = null;          // the session shown: {id, state, outputs, ...}
   const texts = {};            // answer key -> text received so far (live)
@@ -77,7 +79,47 @@
     }
   });
 
+  // ---- follow-ups and new chats
+  followForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const errorLine = document.getElementById("pg-follow-error");
+    errorLine.textContent = "";
+    const button = document.getElementById("pg-send");
+    button.disabled = true;
+    try {
+      const session = await Studio.api("/api/playground/", { method: "POST", json: {
+        parent: current.id, prompt: document.getElementById("pg-follow-up").value, settings: readSettings() } });
+      document.getElementById("pg-follow-up").value = "";
+      history.pushState({}, "", `/playground/${session.id}/`);
+      show(session);
+    } catch (error) {
+      errorLine.textContent = error.message;
+    } finally {
+      button.disabled = false;
+    }
+  });
+  document.getElementById("pg-new-chat").addEventListener("click", () => {
+    if (socket) { socket.onclose = null; socket.close(); socket = null; }
+    current = null;
+    history.pushState({}, "", "/playground/");
+    document.getElementById("pg-result").hidden = true;
+    document.getElementById("pg-prompt").value = "";
+    document.getElementById("pg-prompt").focus();
+  });
+
   // ---- the answers
+  function conversation(session, key) {
+    // the earlier turns as this column saw them: the user's prompts and its own answers, then the current prompt
+    const box = el("div", { class: "pg-history" });
+    if (!session.history || !session.history.length) return box;
+    session.history.forEach((turn) => {
+      box.append(el("p", { class: "pg-turn pg-turn-user" }, turn.prompt),
+                 el("pre", { class: "pg-turn pg-turn-assistant", "data-testid": "earlier-answer" },
+                    turn.answers[key] || ""));
+    });
+    box.append(el("p", { class: "pg-turn pg-turn-user" }, session.prompt));
+    return box;
+  }
   function show(session) {
     current = session;
     Object.keys(texts).forEach((k) => delete texts[k]);
@@ -86,7 +128,8 @@
     answersBox.replaceChildren();
     session.outputs.forEach((o) => {
       const card = el("article", { class: "pg-answer", "data-key": o.key, "data-testid": "answer" });
-      card.append(el("h3", {}, o.label), el("div", { class: "pg-stats" }), el("pre", { class: "pg-text" }));
+      card.append(el("h3", {}, o.label), el("div", { class: "pg-stats" }), conversation(session, o.key),
+                  el("pre", { class: "pg-text" }));
       answersBox.append(card);
     });
     update(session);
@@ -103,6 +146,7 @@
       `max ${s.max_new_tokens} tokens · temperature ${s.temperature} · top-p ${s.top_p} · seed ${s.seed}` +
       (session.prompt_tokens ? ` · prompt ${session.prompt_tokens} tokens` : "");
     document.getElementById("pg-session-error").textContent = session.error_message || "";
+    followForm.hidden = session.state !== "succeeded";
     session.outputs.forEach((o) => {
       if (o.state === "done" || o.state === "failed" || (texts[o.key] || "").length < o.text.length) texts[o.key] = o.text;
       paint(o.key, o);

@@ -9,11 +9,13 @@ import torch
 
 from lora_engine.adapter_io import load_adapter, save_adapter
 from lora_engine.config import LoraConfig
+from lora_engine.data import Example, Turn, render_example
 from lora_engine.errors import AdapterFormatError, ConfigError, LoraEngineError
 from lora_engine.inject import inject_lora, lora_layers
 from lora_engine.playground import (
     IncrementalDecoder,
     MultiAdapterModel,
+    render_messages,
     render_prompt,
     stop_token_ids,
 )
@@ -138,6 +140,26 @@ def test_prompt_rendering_uses_the_chat_template_or_the_plain_layout(tmp_path):
     assert with_template.decode(ids) == "<|bos|><|user|>Hi there<|assistant|>"
     plain = load_tokenizer(str(save_tiny_model(tmp_path / "plain", chat_template=False, **TINY)))
     assert plain.decode(render_prompt(plain, "Hi there")) == "<|bos|>User: Hi there\n\nAssistant: "
+
+
+TWO_TURNS = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello, human"},
+             {"role": "user", "content": "Say more"}]
+
+
+def test_a_follow_up_renders_both_user_turns_and_the_first_answer(tmp_path):
+    with_template = load_tokenizer(str(save_tiny_model(tmp_path / "chat", **TINY)))
+    assert with_template.decode(render_messages(with_template, TWO_TURNS)) == (
+        "<|bos|><|user|>Hi there<|assistant|>Hello, human<|eos|><|user|>Say more<|assistant|>")
+    plain = load_tokenizer(str(save_tiny_model(tmp_path / "plain", chat_template=False, **TINY)))
+    ids = render_messages(plain, TWO_TURNS)
+    assert plain.decode(ids) == ("<|bos|>User: Hi there\n\nAssistant: Hello, human<|eos|>"
+                                 "\n\nUser: Say more\n\nAssistant: ")
+    # token for token what training on this conversation feeds the model before its second answer
+    trained = render_example(Example(tuple(Turn(m["role"], m["content"], True) for m in TWO_TURNS)
+                                     + (Turn("assistant", "Fine.", True),), chat=True), plain)
+    assert trained.ids[:len(ids)] == ids and not any(trained.trained[len(ids) - 3:len(ids)])
+    with pytest.raises(LoraEngineError, match="end with the user"):
+        render_messages(plain, TWO_TURNS[:2])
 
 
 def test_streamed_text_adds_up_to_the_decoded_answer(base_dir):

@@ -112,6 +112,69 @@ def test_it_rejects_bad_requests_and_stores_nothing(api, owner, base_model, adap
     assert Client().get(URL).status_code == 401
 
 
+def answered(owner, base_model, adapters, prompt: str, parent=None) -> PlaygroundSession:
+    """A session every column has answered (the worker's own actions), each column differently."""
+    session = actions.create_session(owner, base_model, adapters, prompt, parent=parent)
+    actions.start_session(session.id)
+    for output in session.outputs:
+        actions.record_answer(session.id, output["key"], f"{output['label']} on {prompt}", 3, "stop", 0.1)
+    return actions.finish_session(session.id)
+
+
+def follow_up(client: Client, parent, prompt: str = "And then?", **extra):
+    body = {"parent": str(parent.id), "prompt": prompt, **extra}
+    return client.post(URL, json.dumps(body), content_type="application/json")
+
+
+def test_a_follow_up_continues_each_columns_own_conversation(api, owner, base_model, adapters, enqueued,
+                                                            django_capture_on_commit_callbacks):
+    first = answered(owner, base_model, adapters, "Hello?")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = follow_up(api, first, settings={"max_new_tokens": 8})
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert enqueued == [body["id"]] and body["parent"] == str(first.id) and body["prompt"] == "And then?"
+    assert body["base_model"]["id"] == str(base_model.id)
+    assert [a["id"] for a in body["adapters"]] == [str(a.id) for a in adapters]
+    assert body["settings"]["max_new_tokens"] == 8
+    second = PlaygroundSession.objects.get(pk=body["id"])
+    qv = str(adapters[0].id)
+    assert second.messages_for(qv) == [{"role": "user", "content": "Hello?"},
+                                       {"role": "assistant", "content": "qv-r4 on Hello?"},
+                                       {"role": "user", "content": "And then?"}]
+    assert second.messages_for("base")[1]["content"] == "tiny-playground (base) on Hello?"
+    # a third turn carries both earlier turns, each column with its own answers
+    actions.start_session(second.id)
+    for output in second.outputs:
+        actions.record_answer(second.id, output["key"], f"{output['label']} again", 3, "stop", 0.1)
+    actions.finish_session(second.id)
+    third = follow_up(api, second, prompt="Last one").json()
+    assert third["settings"] == second.settings  # a follow-up keeps its parent's settings by default
+    assert [m["content"] for m in PlaygroundSession.objects.get(pk=third["id"]).messages_for(qv)] == [
+        "Hello?", "qv-r4 on Hello?", "And then?", "qv-r4 again", "Last one"]
+
+
+def test_a_follow_up_validates_ownership_and_its_parent(api, owner, stranger, stranger_client, base_model, adapters,
+                                                        tiny_dirs, enqueued):
+    first = answered(owner, base_model, adapters, "Hello?")
+    response = follow_up(stranger_client, first)
+    assert response.status_code == 404 and response.json()["error"]["param"] == "parent"
+    assert follow_up(stranger_client, first, base_model=str(base_model.id), adapters=[]).status_code == 404
+    queued = actions.create_session(owner, base_model, adapters, "Still answering")
+    other_base = register_local_model(owner, "other-tiny", str(tiny_dirs["base"]))
+    cases = [
+        (follow_up(api, queued), 400, "queued"),
+        (follow_up(api, first, adapters=[str(adapters[0].id)]), 400, "parent's base model and adapters"),
+        (follow_up(api, first, base_model=str(other_base.id), adapters=[]), 400, "parent's base model"),
+        (follow_up(api, first, prompt=" "), 400, "Write a prompt"),
+        (api.post(URL, json.dumps({"parent": 7, "prompt": "x"}), content_type="application/json"), 400, "parent"),
+    ]
+    for response, status, words in cases:
+        assert response.status_code == status, response.content
+        assert words in response.json()["error"]["message"], response.json()
+    assert PlaygroundSession.objects.count() == 2 and enqueued == []
+
+
 def session_cookie(user) -> str:
     client = Client()
     client.force_login(user)

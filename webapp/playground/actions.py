@@ -75,19 +75,21 @@ def _answer(key: str, label: str) -> dict[str, Any]:
 
 
 def create_session(owner, base_model: BaseModel, adapters: Sequence[Adapter], prompt: str,
-                   settings: Any = None) -> PlaygroundSession:
+                   settings: Any = None, parent: PlaygroundSession | None = None) -> PlaygroundSession:
     """Record a playground session and queue it for a worker (after commit).
 
     Args:
-        owner: the user asking (the caller has checked they may see ``base_model`` and ``adapters``).
+        owner: the user asking (the caller has checked they may see ``base_model``, ``adapters`` and ``parent``).
         base_model: the base model that answers.
         adapters: up to four adapters of ``base_model``, in display order.
         prompt: the user's message (rendered with the base model's chat template by the worker).
-        settings: generation settings (defaults for the missing ones).
+        settings: generation settings (defaults for the missing ones; a follow-up's default is its parent's).
+        parent: the session this one follows up: each column then answers its own conversation so far.
 
     Raises:
         PlaygroundRejected: an empty or huge prompt, too many or repeated adapters, an adapter of another base
-            model, or invalid settings. Nothing is stored then.
+            model, invalid settings, or a parent that has not succeeded or has another base model or adapters.
+            Nothing is stored then.
     """
     prompt = prompt if isinstance(prompt, str) else ""
     if not prompt.strip():
@@ -102,14 +104,27 @@ def create_session(owner, base_model: BaseModel, adapters: Sequence[Adapter], pr
         if adapter.base_model_id != base_model.pk:
             raise PlaygroundRejected(f"Adapter {adapter.name!r} was trained on another base model, not "
                                      f"{base_model.name!r}; pick adapters of the chosen base model.", param="adapters")
-    values = parse_settings(settings)
+    history = _history_after(parent, base_model, adapters) if parent is not None else []
+    values = parse_settings(parent.settings if parent is not None and settings is None else settings)
     outputs = [_answer("base", f"{base_model.name} (base)")] + [_answer(str(a.pk), a.name) for a in adapters]
     with transaction.atomic():
         session = PlaygroundSession.objects.create(
             owner=owner, base_model=base_model, adapter_ids=[str(a.pk) for a in adapters], prompt=prompt,
-            settings=values, outputs=outputs)
+            settings=values, outputs=outputs, parent=parent, history=history)
         transaction.on_commit(lambda: enqueue_session(session.id))
     return session
+
+
+def _history_after(parent: PlaygroundSession, base_model: BaseModel, adapters: Sequence[Adapter]) -> list[dict]:
+    """The parent's conversation with its own turn added (each column's answer by key)."""
+    if parent.state != PlaygroundSession.State.SUCCEEDED:
+        raise PlaygroundRejected(f"That session is {parent.state}; follow up once every answer has arrived (or start "
+                                 "a new chat).", param="parent")
+    if parent.base_model_id != base_model.pk or parent.adapter_ids != [str(a.pk) for a in adapters]:
+        raise PlaygroundRejected("A follow-up is answered by its parent's base model and adapters; start a new chat "
+                                 "to change them.", param="parent")
+    answers = {output["key"]: output["text"] for output in parent.outputs}
+    return [*parent.history, {"prompt": parent.prompt, "answers": answers}]
 
 
 def enqueue_session(session_id: uuid.UUID | str) -> bool:

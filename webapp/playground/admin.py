@@ -7,4 +7,4 @@ from .models import PlaygroundSession
 class PlaygroundSessionAdmin(admin.ModelAdmin):
     list_display = ("id", "owner", "base_model", "state", "created_at")
     list_filter = ("state",)
-    readonly_fields = ("outputs", "error")
+    readonly_fields = ("outputs", "error", "parent", "history")

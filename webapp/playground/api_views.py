@@ -1,4 +1,16 @@
-"""``/api/playground/``: start a session (POST), list them (GET); ``/api/playground/<id>``: one session."""
+"""``/api/playground/``: start a session (POST), list them (GET); ``/api/playground/<id>``: one session.
+
+POST body (JSON):
+
+- ``base_model`` (string, required unless ``parent`` is given): the id of the base model that answers.
+- ``adapters`` (list of strings, at most four): adapter ids of that base model, in display order.
+- ``prompt`` (string, required): the user's message.
+- ``settings`` (object): ``max_new_tokens``, ``temperature``, ``top_p``, ``seed`` (defaults fill the rest; a
+  follow-up's default is its parent's settings).
+- ``parent`` (string): the id of a succeeded session of yours to follow up. Its base model and adapters answer
+  again (``base_model`` and ``adapters`` may be left out, and must match when given), each with its own
+  conversation so far: the user's earlier prompts and that column's earlier answers, then ``prompt``.
+"""
 
 from __future__ import annotations
 
@@ -25,8 +37,23 @@ def _visible_or_404(queryset, user, kind: str, identifier: Any, param: str):
         raise not_found(kind, str(identifier), param=param) from exc
 
 
-def resolve_choices(user, body: dict[str, Any]) -> tuple[BaseModel, list[Adapter]]:
-    """The base model and adapters a request names, each visible to ``user`` (404 otherwise)."""
+def resolve_parent(user, body: dict[str, Any]) -> PlaygroundSession | None:
+    """The session a follow-up names, visible to ``user`` (404 otherwise); None for a new chat."""
+    parent_id = body.get("parent")
+    if parent_id is None:
+        return None
+    if not isinstance(parent_id, str) or not parent_id:
+        raise ApiError("parent must be the id (a string) of the session to follow up.", param="parent")
+    return _visible_or_404(PlaygroundSession.objects.select_related("base_model"), user, "playground session",
+                           parent_id, "parent")
+
+
+def resolve_choices(user, body: dict[str, Any],
+                    parent: PlaygroundSession | None = None) -> tuple[BaseModel, list[Adapter]]:
+    """The base model and adapters a request names (by default a follow-up's parent's), each visible to ``user``
+    (404 otherwise)."""
+    if parent is not None:
+        body = {"base_model": str(parent.base_model_id), "adapters": parent.adapter_ids, **body}
     adapter_ids = body.get("adapters", [])
     if not isinstance(adapter_ids, list) or not all(isinstance(a, str) for a in adapter_ids):
         raise ApiError("adapters must be a list of adapter ids (strings).", param="adapters")
@@ -45,9 +72,11 @@ def playground_sessions(request: HttpRequest) -> JsonResponse:
         sessions = PlaygroundSession.objects.visible_to(request.user).select_related("base_model")[:LIST_LIMIT]
         return JsonResponse({"object": "list", "data": [session_json(s) for s in sessions]})
     body = parse_json_body(request)
+    parent = resolve_parent(request.user, body)
     try:
-        base_model, adapters = resolve_choices(request.user, body)
-        session = create_session(request.user, base_model, adapters, body.get("prompt"), body.get("settings"))
+        base_model, adapters = resolve_choices(request.user, body, parent)
+        session = create_session(request.user, base_model, adapters, body.get("prompt"), body.get("settings"),
+                                 parent=parent)
     except PlaygroundRejected as exc:
         raise ApiError(str(exc), param=exc.param, code="invalid_playground") from None
     return JsonResponse(session_json(session), status=201)

@@ -12,13 +12,16 @@ def _iso(value) -> str | None:
 
 
 def session_json(session: PlaygroundSession) -> dict[str, Any]:
-    """A session with its answers so far (``outputs``: base first, then each adapter in the order chosen)."""
+    """A session with its answers so far (``outputs``: base first, then each adapter in the order chosen) and,
+    for a follow-up, the session it continues and the earlier turns (``history``, oldest first)."""
     return {
         "id": str(session.id),
         "object": "playground.session",
         "base_model": {"id": str(session.base_model_id), "name": session.base_model.name},
         "adapters": [{"id": o["key"], "name": o["label"]} for o in session.outputs if o["key"] != "base"],
         "prompt": session.prompt,
+        "parent": str(session.parent_id) if session.parent_id else None,
+        "history": session.history,
         "settings": session.settings,
         "state": session.state,
         "outputs": session.outputs,
