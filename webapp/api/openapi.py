@@ -149,6 +149,13 @@ OPERATIONS: tuple[Operation, ...] = (
               (Param("sweep_id", "path", {"type": "string", "format": "uuid"}),
                Param("tolerance", schema={"type": "number", "minimum": 0, "maximum": 0.99},
                      description="Recommend again with this tolerance (default: the sweep's)."))),
+    Operation("get", "/api/playground/", "List playground sessions (newest first)", NATIVE, "PlaygroundSessionList"),
+    Operation("post", "/api/playground/", "Ask a base model and up to four adapters the same prompt (or follow up a "
+              "session)", NATIVE, "PlaygroundSession", body="PlaygroundCreate",
+              description="201 with the queued session; a worker answers each column in turn, streamed to "
+              "/ws/playground/{session_id}/; poll GET /api/playground/{session_id} otherwise."),
+    Operation("get", "/api/playground/{session_id}", "A playground session with its answers so far", NATIVE,
+              "PlaygroundSession", (Param("session_id", "path", {"type": "string", "format": "uuid"}),)),
     Operation("get", "/api/openapi.json", "This document", NATIVE, None, public=True),
     Operation("get", "/api/docs", "This document as a page", NATIVE, None, public=True),
 )

@@ -158,6 +158,23 @@ SCHEMAS: dict[str, dict] = {
     "Sweep": {**FREE_FORM, "description": "A rank sweep: its ranks, alpha rule, tolerance, the jobs' compare rows "
               "(by rank), states, finished, and recommendation (the smallest rank whose best eval loss is within "
               "the tolerance of the best; null until a job has a loss)."},
+    "PlaygroundSession": {**FREE_FORM, "description": "A prompt answered by a base model and up to four of its "
+                          "adapters: state (queued, running, succeeded, failed), outputs (one per column, the base "
+                          "model's first: key, label, state, text, tokens, finish_reason, seconds), prompt, settings, "
+                          "parent and history (the earlier turns of a follow-up), prompt_tokens, error_message."},
+    "PlaygroundSessionList": _obj({"object": {"const": "list"},
+                                   "data": {"type": "array", "items": ref("PlaygroundSession")}}),
+    "PlaygroundCreate": _obj({
+        "base_model": {**STR, "description": "The id of the base model that answers (required unless parent)."},
+        "adapters": {"type": "array", "items": STR, "maxItems": 4, "description": "Adapter ids of that base model, "
+                     "in display order."},
+        "prompt": {**STR, "description": "The user's message."},
+        "settings": _obj({"max_new_tokens": {"type": "integer", "minimum": 1},
+                          "temperature": {"type": "number", "minimum": 0}, "top_p": {"type": "number"},
+                          "seed": {"type": "integer"}}),
+        "parent": {**STR, "description": "A succeeded session of yours to follow up: its base model and adapters "
+                   "answer again, each with its own conversation so far."},
+    }, ("prompt",)),
     "SweepList": _obj({"object": {"const": "list"}, "data": {"type": "array", "items": ref("Sweep")}}),
     "SweepCreate": _obj({
         "dataset": {**STR, "description": "The training file's id (file-…)."},
