@@ -1,26 +1,15 @@
 // Compare page (loss curves of several jobs overlaid) and sweep page (loss against rank).
 //
 // Compare: each job's history comes from /api/jobs/<id>/metrics (downsampled, spikes kept). Curves are
-// coloured by rank on a log scale (the same rank has the same colour on every page), the x axis is step,
+// coloured by rank (Studio.rankColour: one colour per power of two, the same on every page), the x axis is step,
 // tokens or epoch, and the train loss is smoothed with a debiased EMA (TensorBoard's rule) whose weight is
 // the slider. uPlot needs one shared x array per chart: uPlot.join() merges the jobs' x values and leaves
 // gaps that spanGaps draws over.
 "use strict";
 (function () {
-  const RAMP_MIN = 1, RAMP_MAX = 256;   // log2 colour ramp over ranks 1..256 (the same colour on every page)
   const MAX_DRAW = 2000;
+  const rankColour = Studio.rankColour;   // the same rank the same colour on every page
 
-  // Blue (small ranks) -> purple -> crimson -> orange (large): no pale yellow or green on white.
-  const RAMP = [[31, 78, 156], [123, 63, 179], [208, 58, 106], [232, 130, 31]];
-  // `nth`: how many earlier series share this rank (they get darker shades, so they stay apart).
-  function rankColour(rank, nth) {
-    const t = (Math.log2(Math.min(Math.max(rank, RAMP_MIN), RAMP_MAX)) - Math.log2(RAMP_MIN)) /
-      (Math.log2(RAMP_MAX) - Math.log2(RAMP_MIN));
-    const pos = t * (RAMP.length - 1), i = Math.min(Math.floor(pos), RAMP.length - 2), f = pos - i;
-    const shade = Math.pow(0.75, nth || 0);
-    const rgb = RAMP[i].map((c, k) => Math.round((c + (RAMP[i + 1][k] - c) * f) * shade));
-    return `rgb(${rgb.join(", ")})`;
-  }
   const num = (v) => (typeof v === "number" && isFinite(v) ? v : null);
   const fmtNum = (v, d) => (v === null || v === undefined ? "–" : Number(v).toFixed(d));
 
@@ -28,14 +17,24 @@
     for (const el of root.querySelectorAll(".rank-swatch[data-rank]")) el.style.background = rankColour(Number(el.dataset.rank));
   }
 
-  function chartSize(el, height) { return { width: Math.max(300, el.clientWidth - 24), height: height || 260 }; }
+  function chartSize(el, height) { return { width: Studio.chartWidth(el), height: height || 260 }; }
+  // Each chart element follows its container's width; `charts()`: the charts drawn now (rebuilt on redraws).
+  function followWidths(ids, charts) {
+    for (const id of ids) {
+      const el = document.getElementById(id);
+      Studio.followWidth(el, () => charts().find((c) => c.root.parentElement === el));
+    }
+  }
 
   // ------------------------------------------------------------------------------------------------ compare
 
   function comparePage(root) {
     const series = JSON.parse(root.dataset.series);
     const seen = {};
-    for (const s of series) { s.nth = seen[s.rank] || 0; seen[s.rank] = s.nth + 1; s.colour = rankColour(s.rank, s.nth); }
+    for (const s of series) {
+      const base = rankColour(s.rank);   // series of one colour (one rank, or ranks past 256) get darker shades
+      s.nth = seen[base] || 0; seen[base] = s.nth + 1; s.colour = rankColour(s.rank, s.nth);
+    }
     const note = root.querySelector('[data-field="chart-note"]');
     const state = { xMode: "step", smoothing: 0.6, charts: [], loaded: false };
     window.LoraStudioCompare = state;
@@ -105,6 +104,7 @@
       return new uPlot(opts, data, el);
     }
 
+    followWidths(["chart-train", "chart-eval"], () => state.charts);
     function draw() {
       for (const chart of state.charts) chart.destroy();
       const label = state.smoothing ? ` (EMA ${state.smoothing.toFixed(2)})` : "";
@@ -252,6 +252,7 @@
       return new uPlot(opts, data, el);
     }
 
+    followWidths(["chart-rank", "chart-params"], () => charts);
     function draw() {
       for (const c of charts) c.destroy();
       charts.length = 0;

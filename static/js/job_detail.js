@@ -313,7 +313,7 @@
       ] },
   ];
 
-  function chartSize(el) { return { width: Math.max(280, el.clientWidth - 24), height: 220 }; }
+  function chartSize(el) { return { width: Studio.chartWidth(el), height: 220 }; }
 
   function buildCharts() {
     for (const spec of CHARTS) {
@@ -370,13 +370,10 @@
   }
 
   root.querySelectorAll(".toggle button").forEach((b) => b.addEventListener("click", () => setXMode(b.dataset.x)));
-  let resizeTimer = null;
-  window.addEventListener("resize", () => {
-    clearTimeout(resizeTimer);
-    resizeTimer = setTimeout(() => {
-      for (const { chart } of charts) chart.setSize(chartSize(chart.root.parentElement));
-    }, 150);
-  });
+  for (const spec of CHARTS) {
+    const el = document.getElementById(spec.id);
+    Studio.followWidth(el, () => (charts.find((c) => c.spec === spec) || {}).chart);
+  }
 
   const eta = $('[data-field="eta"]');
   if (eta.textContent !== "–" && eta.textContent !== "") eta.textContent = Studio.formatDuration(Number(eta.textContent));

@@ -65,6 +65,50 @@ window.Studio = (function () {
     const digits = Math.max(0, Math.floor(Math.log10(largest || incr) + 1e-9) - incrDigit);
     return splits.map((v) => (v === null ? "" : v === 0 || Math.abs(v) < incr / 2 ? "0" : shortExponential(v, digits)));
   }
+  // Runs are coloured by LoRA rank, the same rank the same colour on every page. The usual ladder 1, 2, 4, ..., 256
+  // gets a fixed categorical palette (one colour per power of two), so neighbouring ranks differ in hue, not in
+  // shade: a ramp left r=16 and r=32 two near-identical purples. Each colour has at least 4:1 contrast on white;
+  // neighbours are >= 60 apart in CIELAB (any two >= 33). A rank between two powers of two is mixed from both
+  // (log scale); ranks outside 1..256 take the nearest end. `nth` > 0 darkens (0.75 per step) for the n-th
+  // further series of the same colour, so two runs of one rank stay apart.
+  const RANK_PALETTE = [  // index log2(rank)
+    [2, 119, 189],   // r=1   blue
+    [211, 84, 0],    // r=2   orange
+    [15, 123, 108],  // r=4   teal
+    [176, 40, 122],  // r=8   magenta
+    [77, 138, 0],    // r=16  green
+    [106, 63, 181],  // r=32  purple
+    [233, 30, 99],   // r=64  pink
+    [138, 90, 0],    // r=128 brown
+    [55, 71, 79],    // r=256 slate
+  ];
+  function rankColour(rank, nth) {
+    const pos = Math.min(Math.max(Math.log2(Number(rank) || 1), 0), RANK_PALETTE.length - 1);
+    const i = Math.min(Math.floor(pos), RANK_PALETTE.length - 2), f = pos - i;
+    const shade = Math.pow(0.75, nth || 0);
+    const rgb = RANK_PALETTE[i].map((c, k) => Math.round((c + (RANK_PALETTE[i + 1][k] - c) * f) * shade));
+    return `rgb(${rgb.join(", ")})`;
+  }
+  // uPlot draws at a fixed pixel size: a chart is sized to its container's content width and follows it (a
+  // narrow phone, a resized window, a grid column that wraps) instead of pushing the page sideways.
+  const MIN_CHART_WIDTH = 160;
+  function chartWidth(el) {
+    const style = getComputedStyle(el);
+    const inner = el.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    return Math.max(MIN_CHART_WIDTH, Math.floor(inner));
+  }
+  // `currentChart()`: the uPlot drawn in `el` now (pages rebuild their charts), or null. Call once per element.
+  function followWidth(el, currentChart) {
+    let frame = 0;
+    const fit = () => {
+      frame = 0;
+      const chart = currentChart(), width = chartWidth(el);
+      if (chart && chart.width !== width) chart.setSize({ width, height: chart.height });
+    };
+    const later = () => { if (!frame) frame = requestAnimationFrame(fit); };
+    if (window.ResizeObserver) new ResizeObserver(later).observe(el);
+    else window.addEventListener("resize", later);
+  }
   function wsUrl(path) {
     return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + path;
   }
@@ -100,5 +144,5 @@ window.Studio = (function () {
       forget(key) { watched.delete(key); },
     };
   }
-  return { cookie, api, formatBytes, formatDuration, formatNumber, axisValues, wsUrl, reconnectDelay, quietWatch };
+  return { cookie, api, formatBytes, formatDuration, formatNumber, axisValues, rankColour, chartWidth, followWidth, wsUrl, reconnectDelay, quietWatch };
 })();

@@ -10,6 +10,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from webapp.datasets.actions import create_dataset
+from webapp.datasets.histogram import histogram_chart
 from webapp.datasets.models import Dataset
 
 from ._datasets_helpers import (
@@ -122,6 +123,30 @@ def test_the_stats_count_rows_that_would_be_truncated(owner_client, owner, base_
     assert 0 < cut_short < 91 and cut_long == 0
     assert f'data-testid="truncated">{cut_short}<' in short.content.decode()
     assert any(bar["over"] for bar in short.context["bars"]) and not any(bar["over"] for bar in long.context["bars"])
+    # The histogram's axes: tokens per row along x, rows up y, at round ticks; the sequence length marked when
+    # it falls on the chart (4096 is far past the longest row: the page says every row fits instead).
+    chart, html = short.context["histogram"], short.content.decode()
+    assert "tokens per row" in html and ">rows<" in html and 'data-testid="seq-mark"' in html
+    assert chart["mark"]["value"] == 100 and 0 < chart["mark"]["at"] < 100
+    assert [t["label"] for t in chart["x_ticks"]][:3] == ["0", "100", "200"]
+    assert chart["y_ticks"][0]["value"] == 0 and chart["y_max"] >= max(b["count"] for b in chart["bars"])
+    assert long.context["histogram"]["mark"] is None and 'data-testid="seq-mark"' not in long.content.decode()
+    assert "Every row fits in the sequence length of 4096 tokens." in long.content.decode()
+
+
+def test_the_histogram_axes_have_round_ticks_and_mark_the_sequence_length():
+    bins = [{"start": i * 700, "end": (i + 1) * 700, "count": c, "over": False} for i, c in enumerate([3, 41, 17])]
+    chart = histogram_chart(bins, max_seq_len=2048)
+    assert [t["label"] for t in chart["x_ticks"]] == ["0", "500", "1,000", "1,500", "2,000"]
+    assert [t["value"] for t in chart["y_ticks"]] == [0, 10, 20, 30, 40, 50] and chart["y_max"] == 50
+    assert chart["mark"] == {"value": 2048, "label": "2,048", "at": 97.52}  # of 0..2100 tokens
+    assert [b["height"] for b in chart["bars"]] == [6.0, 82.0, 34.0]
+    # a sequence length a little past the longest row stretches the axis to show it; a far one does not
+    assert histogram_chart(bins, max_seq_len=4096)["mark"]["at"] == 100.0
+    assert histogram_chart(bins, max_seq_len=8192)["mark"] is None
+    assert [t["label"] for t in histogram_chart(
+        [{"start": 0, "end": 60_000, "count": 1, "over": True}], 4096)["x_ticks"]][::2] == ["0", "20k", "40k", "60k"]
+    assert histogram_chart([], 512) is None
 
 
 def test_a_bad_sequence_length_is_explained(owner_client, dataset, base_model):

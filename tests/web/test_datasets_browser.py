@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import pytest
 
@@ -12,6 +13,13 @@ from tests.support.processes import start_asgi_server
 from webapp.datasets.models import Dataset
 
 from ._datasets_helpers import PEERS, peer_file, register_tiny_model, stored_dataset_files
+
+
+def tick_boxes(page, testid: str) -> list[dict]:
+    return page.evaluate(f"""[...document.querySelectorAll('[data-testid={testid}] span')].map(e => {{
+        const r = e.getBoundingClientRect();
+        return {{text: e.textContent, left: r.left, right: r.right, top: r.top, bottom: r.bottom}}; }})""")
+
 
 NO_ANSWER = {"messages": [{"role": "user", "content": "anyone?"}]}
 CHAT_OK = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
@@ -50,6 +58,21 @@ def test_upload_through_the_page_and_see_the_preview(transactional_db, owner, pa
         trained = page.locator("[data-testid=tokens]").first.locator(".token.trained")
         assert trained.count() > 0 and "{{name}}" in "".join(trained.all_inner_texts())
         assert page.get_by_test_id("histogram").locator(".bar").count() > 0
+        # Its axes are labelled, with tick values apart from one another; the sequence length (512 by default,
+        # past the longest row) is marked, right of the 400-token tick, and everything fits on a phone.
+        figure = page.get_by_test_id("histogram-figure")
+        assert figure.locator(".x-title").inner_text() == "tokens per row"
+        assert figure.locator(".y-title").inner_text() == "rows"
+        for width in (1280, 390):
+            page.set_viewport_size({"width": width, "height": 844})
+            x_ticks = tick_boxes(page, "histogram-x-ticks")
+            assert [t["text"] for t in x_ticks] == ["0", "100", "200", "300", "400", "500"]
+            assert all(a["right"] < b["left"] for a, b in pairwise(x_ticks))
+            y_ticks = tick_boxes(page, "histogram-y-ticks")
+            assert y_ticks[0]["text"] == "0" and all(a["top"] > b["bottom"] for a, b in pairwise(y_ticks))
+            mark = page.get_by_test_id("seq-mark")
+            assert mark.inner_text() == "max 512" and mark.bounding_box()["x"] > x_ticks[4]["right"]
+            assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
         assert stored_dataset_files() == [dataset.storage_path.removeprefix("datasets/")]
     finally:
         server.stop()

@@ -71,6 +71,12 @@ def test_a_running_job_page_draws_history_then_live_points(transactional_db, own
         wait_until(lambda: train_points(page) == 42, timeout=15, message="the gap refetched")
         assert page.evaluate("window.LoraStudioJob.lastSeq") == 42
 
+        # On a phone (390 px wide) the charts shrink to their column: nothing scrolls the page sideways.
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.wait_for_function("[...document.querySelectorAll('.chart')].every(c => c.querySelector('.u-wrap')"
+                               ".getBoundingClientRect().right <= c.getBoundingClientRect().right)")
+        assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+
         # Progress and state arrive live too.
         job.state, job.current_step, job.progress = "succeeded", 42, 1.0
         job.save()

@@ -11,13 +11,13 @@ from django.http import HttpRequest
 from webapp.basemodels.models import BaseModel
 from webapp.lib.demo_login import DEMO_MODEL_NAME
 
+from .histogram import histogram_chart
 from .models import Dataset
 from .preview import PreviewError, cached_token_stats, compute_token_stats, dataset_preview
 
 DEFAULT_SEQ_LEN = 512
 SEQ_LEN_RANGE = (8, 131072)
 PREVIEW_ROWS = 5
-HISTOGRAM_BAR_PX = 120
 # Token statistics tokenize every row: above this size the page computes them only when asked (then cached).
 STATS_ON_REQUEST_BYTES = 50 * 1024 * 1024
 
@@ -50,19 +50,14 @@ def _seq_len(request: HttpRequest, dataset: Dataset) -> tuple[int, str | None]:
     return value, None
 
 
-def _bars(histogram: list[dict]) -> list[dict]:
-    peak = max((b["count"] for b in histogram), default=0) or 1
-    return [dict(b, height=max(1, round(HISTOGRAM_BAR_PX * b["count"] / peak)) if b["count"] else 0)
-            for b in histogram]
-
-
 def detail_context(request: HttpRequest, dataset: Dataset) -> dict:
     models = list(BaseModel.objects.visible_to(request.user))
     base_model = _chosen_model(request, dataset, models)
     max_seq_len, problem = _seq_len(request, dataset)
     context = {"dataset": dataset, "validation": dataset.validation or {}, "models": models,
                "base_model": base_model, "max_seq_len": max_seq_len, "preview": None, "stats": None,
-               "bars": [], "problem": problem, "in_use": dataset.jobs.count() + dataset.validation_jobs.count()}
+               "histogram": None, "bars": [], "problem": problem,
+               "in_use": dataset.jobs.count() + dataset.validation_jobs.count()}
     if base_model is None:
         context["problem"] = problem or (
             "The chosen base model does not exist or is not available to you." if request.GET.get("base_model")
@@ -80,7 +75,8 @@ def detail_context(request: HttpRequest, dataset: Dataset) -> dict:
         context["stats_on_request"] = True
         return context
     context["stats"] = stats
-    context["bars"] = _bars(stats.get("histogram") or [])
+    context["histogram"] = histogram_chart(stats.get("histogram") or [], max_seq_len)
+    context["bars"] = context["histogram"]["bars"] if context["histogram"] else []
     rows = stats.get("rows") or dataset.rows or 0
     context["truncated_percent"] = 100.0 * (stats.get("truncated_rows") or 0) / rows if rows else 0.0
     return context
