@@ -9,8 +9,8 @@
 # DEVICE: auto|cpu|cuda (lora_engine/device.py). THREADS: torch threads in both sides (0: torch's default).
 # STEPS / SMALL_STEPS: optimizer steps of the main runs / of the slow ones (bf16 on a CPU without bf16
 # instructions, the 30M model). REPEATS: alternate the sides this many times, keep the fastest.
-# DATA_FILE: the instruction data set of rows 07-11 (default: LLaMA-Factory's Alpaca demo from ../shared/data;
-# rows 01-06 train on packed rows, where both sides do the same work; 07-11 on the examples as users upload them).
+# DATA_FILE: the instruction data set of rows 07-13 (default: LLaMA-Factory's Alpaca demo from ../shared/data;
+# rows 01-06 train on packed rows, where both sides do nearly the same work; 07-13 on the examples as users upload them).
 # SECTION: the section to write (NO_WRITE=1 prints the Markdown instead).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,8 +42,10 @@ if [ -f "$DATA_FILE" ]; then
   sft 09-sft-fp32-lora-r64-all --steps "$STEPS" --rank 64 --targets all-linear
   sft 10-sft-bf16-lora-r8-qv --steps "$SMALL_STEPS" --precision bf16
   sft 11-sft-bf16-nf4-r8-qv --steps "$SMALL_STEPS" --precision bf16 --quant nf4
+  sft 12-sft-bf16-lora-r64-all --steps "$SMALL_STEPS" --precision bf16 --rank 64 --targets all-linear
+  sft 13-sft-fp32-nf4-r64-all --steps "$STEPS" --quant nf4 --rank 64 --targets all-linear
 else
-  echo "no $DATA_FILE: rows 07-11 (instruction data) left out" >&2
+  echo "no $DATA_FILE: rows 07-13 (instruction data) left out" >&2
 fi
 
 {
@@ -53,7 +55,7 @@ fi
   echo "Rows ran one after another from then on: device $DEVICE, $THREADS torch thread(s) per side (0: torch's" \
        "default), $STEPS steps ($SMALL_STEPS for bf16 and the d=512 model), every row alternating the sides $REPEATS times and keeping the fastest." \
        "Rows 01-06 train on packed rows of random sentences (every token a target; greedy packing leaves rows a little short: ~93% real tokens at seq 256, nearly the same" \
-       "work on both sides); rows 07-11 on $(basename "$DATA_FILE") as uploaded (one example per row, prompt masked, up to $SFT_SEQ tokens)."
+       "work on both sides); rows 07-13 on $(basename "$DATA_FILE") as uploaded (one example per row, prompt masked, up to $SFT_SEQ tokens)."
   echo
   "$PYTHON" -m lora_engine.bench_report "$OUT"/*.json
 } >"$OUT/engine.md"
