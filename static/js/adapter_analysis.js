@@ -8,8 +8,9 @@
   const select = document.getElementById("layer-select");
   let analysis = null;
   let spectrumChart = null;
+  let rankChart = null;
 
-  function size(el, height) { return { width: Math.max(280, el.clientWidth - 24), height: height || 240 }; }
+  function size(el, height) { return { width: Studio.chartWidth(el), height: height || 240 }; }
 
   function shortName(module) {
     // model.layers.3.self_attn.q_proj -> 3.q_proj
@@ -36,7 +37,7 @@
       cursor: { drag: { x: true, y: false } },
     });
     const data = [xs, layers.map((l) => l.rank), layers.map((l) => l.effective_rank_99), layers.map((l) => l.effective_rank_90)];
-    new uPlot(opts, data, rankEl);
+    rankChart = new uPlot(opts, data, rankEl);
   }
 
   function drawSpectrum(index) {
@@ -102,6 +103,8 @@
     if (!analysis.layers.length) return;
     drawRanks();
     drawSpectrum(0);
+    Studio.followWidth(rankEl, () => rankChart);  // the charts follow their container (a phone's too)
+    Studio.followWidth(spectrumEl, () => spectrumChart);
     select.addEventListener("change", () => drawSpectrum(Number(select.value)));
     document.querySelectorAll(".layer-row").forEach((row) => row.addEventListener("click", () => {
       select.value = row.dataset.layer; drawSpectrum(Number(row.dataset.layer));

@@ -35,6 +35,9 @@ def test_analysis_page_draws_spectra_and_reduces(transactional_db, owner, page, 
         page.wait_for_selector("#chart-spectrum canvas")
         page.get_by_test_id("layer-select").select_option("3")
         page.wait_for_function("document.querySelector('#chart-spectrum .u-title').textContent.startsWith('1.v_proj')")
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone: the charts follow their container
+        page.wait_for_function("document.documentElement.scrollWidth <= window.innerWidth")
+        page.set_viewport_size({"width": 1280, "height": 800})
         page.get_by_test_id("reduce-rank").fill("1")
         page.wait_for_function("document.querySelector('[data-testid=reduce-estimate]').textContent.includes('keeps')")
         assert "100.00%" not in page.get_by_test_id("reduce-estimate").inner_text()
