@@ -56,7 +56,7 @@ def detail_context(request: HttpRequest, dataset: Dataset) -> dict:
     max_seq_len, problem = _seq_len(request, dataset)
     context = {"dataset": dataset, "validation": dataset.validation or {}, "models": models,
                "base_model": base_model, "max_seq_len": max_seq_len, "preview": None, "stats": None,
-               "histogram": None, "bars": [], "problem": problem,
+               "histogram": None, "problem": problem,
                "in_use": dataset.jobs.count() + dataset.validation_jobs.count()}
     if base_model is None:
         context["problem"] = problem or (
@@ -76,7 +76,6 @@ def detail_context(request: HttpRequest, dataset: Dataset) -> dict:
         return context
     context["stats"] = stats
     context["histogram"] = histogram_chart(stats.get("histogram") or [], max_seq_len)
-    context["bars"] = context["histogram"]["bars"] if context["histogram"] else []
     rows = stats.get("rows") or dataset.rows or 0
     context["truncated_percent"] = 100.0 * (stats.get("truncated_rows") or 0) / rows if rows else 0.0
     return context

@@ -21,6 +21,9 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, Stream
 from django.views.decorators.http import require_GET, require_http_methods
 
 from webapp.accounts.middleware import api_error
+from webapp.adapters.checkpoints import adapter_from_checkpoint
+from webapp.adapters.serializers import adapter_json
+from webapp.adapters.validation import AdapterRejected
 from webapp.basemodels.models import BaseModel
 from webapp.lib.owned import get_owned_or_404
 
@@ -265,10 +268,6 @@ def memory_estimate(request: HttpRequest) -> JsonResponse:
 @json_api
 def job_checkpoint_adapter(request: HttpRequest, job_id, step: int) -> JsonResponse:
     """Make an adapter of the job's checkpoint at ``step`` (idempotent; ``webapp.adapters.checkpoints``)."""
-    from webapp.adapters.checkpoints import adapter_from_checkpoint
-    from webapp.adapters.serializers import adapter_json
-    from webapp.adapters.validation import AdapterRejected
-
     job = _job_for(request, job_id)
     try:
         adapter = adapter_from_checkpoint(job, step)

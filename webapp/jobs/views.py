@@ -13,6 +13,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from lora_engine.checkpoint import best_eval_checkpoint
 from webapp.adapters.checkpoints import adapter_from_checkpoint
 from webapp.adapters.models import Adapter
 from webapp.adapters.validation import AdapterRejected
@@ -56,13 +57,15 @@ def trained_adapter(job: Job, user) -> Adapter | None:
     return Adapter.objects.visible_to(user).filter(job=job).first()
 
 
-def checkpoints_on_disk(job: Job) -> list[Checkpoint]:
-    """The job's checkpoints, newest first, with ``best`` set on the one of the lowest eval loss."""
+def job_checkpoints(job: Job) -> list[Checkpoint]:
+    """The job's checkpoints, newest first, with ``best`` set on the one the engine keeps for its lowest eval loss
+    (:func:`lora_engine.checkpoint.best_eval_checkpoint`, the same rule)."""
     rows = list(job.checkpoints.order_by("-step"))
-    evaluated = [c for c in rows if isinstance((c.metrics or {}).get("valid_loss"), float)]
-    best = min(evaluated, key=lambda c: (c.metrics["valid_loss"], c.step), default=None)
+    evals = [{"step": c.step, "eval_loss": c.metrics["valid_loss"]} for c in rows
+             if isinstance((c.metrics or {}).get("valid_loss"), float)]
+    best = best_eval_checkpoint(evals, {c.step for c in rows})
     for row in rows:
-        row.best = row is best
+        row.best = row.step == best
     return rows
 
 
@@ -71,7 +74,7 @@ def _outcome_context(request: HttpRequest, job: Job) -> dict[str, Any]:
     the checkpoints an adapter can be made from."""
     oom = failed_out_of_memory(job)
     return {"job": job, "oom": oom, "oom_retry": oom_retry_settings(job) if oom else None,
-            "adapter": trained_adapter(job, request.user), "checkpoints": checkpoints_on_disk(job)}
+            "adapter": trained_adapter(job, request.user), "checkpoints": job_checkpoints(job)}
 
 
 def job_list(request: HttpRequest) -> HttpResponse:
