@@ -61,42 +61,37 @@
 
   baseSelect.addEventListener("change", () => renderAdapterChoices([]));
   adapterList.addEventListener("change", limitChoices);
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    errorBox.textContent = "";
-    const button = document.getElementById("pg-run");
+  // Start a session (a new chat, or a follow-up naming its parent) and show it; true once it is shown. The button is
+  // disabled meanwhile, and a refusal is written to errorLine.
+  async function ask(button, errorLine, body) {
+    errorLine.textContent = "";
     button.disabled = true;
     try {
-      const session = await Studio.api("/api/playground/", { method: "POST", json: {
-        base_model: baseSelect.value, adapters: chosenAdapters(),
-        prompt: document.getElementById("pg-prompt").value, settings: readSettings() } });
+      const session = await Studio.api("/api/playground/", { method: "POST",
+                                                             json: Object.assign(body, { settings: readSettings() }) });
       history.pushState({}, "", `/playground/${session.id}/`);
       show(session);
+      return true;
     } catch (error) {
-      errorBox.textContent = error.message;
+      errorLine.textContent = error.message;
+      return false;
     } finally {
       button.disabled = false;
     }
+  }
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    ask(document.getElementById("pg-run"), errorBox, { base_model: baseSelect.value, adapters: chosenAdapters(),
+                                                       prompt: document.getElementById("pg-prompt").value });
   });
 
   // ---- follow-ups and new chats
   followForm.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const errorLine = document.getElementById("pg-follow-error");
-    errorLine.textContent = "";
-    const button = document.getElementById("pg-send");
-    button.disabled = true;
-    try {
-      const session = await Studio.api("/api/playground/", { method: "POST", json: {
-        parent: current.id, prompt: document.getElementById("pg-follow-up").value, settings: readSettings() } });
-      document.getElementById("pg-follow-up").value = "";
-      history.pushState({}, "", `/playground/${session.id}/`);
-      show(session);
-    } catch (error) {
-      errorLine.textContent = error.message;
-    } finally {
-      button.disabled = false;
-    }
+    const followUp = document.getElementById("pg-follow-up");
+    const sent = await ask(document.getElementById("pg-send"), document.getElementById("pg-follow-error"),
+                           { parent: current.id, prompt: followUp.value });
+    if (sent) followUp.value = "";
   });
   document.getElementById("pg-new-chat").addEventListener("click", () => {
     if (socket) { socket.onclose = null; socket.close(); socket = null; }
